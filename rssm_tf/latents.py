@@ -1,0 +1,78 @@
+"""Discrete latents: S one-hot categoricals of K classes with a uniform mix.
+
+``probs = (1 - unimix) * softmax(logits) + unimix / K``; every logits tensor the
+library returns is ``log(probs)`` (shape [..., S, K]). Samples are drawn by Gumbel-max
+over uniform noise, ``argmax(logits - log(-log(noise)))``, so the same noise gives the
+same sample in TensorFlow (eager, graph, XLA), a reloaded SavedModel and ONNX Runtime.
+``z = one_hot + probs - stop_gradient(probs)``: exactly one-hot in value, with the
+gradient of the mixed probabilities (straight-through).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Uniform noise is clipped into [NOISE_EPS, 1 - NOISE_EPS] before the Gumbel transform.
+NOISE_EPS = 1e-6
+
+
+def mix_logits(logits: tf.Tensor, unimix: float) -> tf.Tensor:
+    """Unimix-adjusted logits ``log((1 - unimix) softmax(l) + unimix / K)``, float32.
+
+    ``logits`` [..., K] -> [..., K]. With ``unimix == 0`` this is ``log_softmax``.
+    """
+    logits = tf.cast(logits, "float32")
+    if not unimix:
+        return tf.nn.log_softmax(logits, axis=-1)
+    k = logits.shape[-1]
+    probs = (1.0 - unimix) * tf.nn.softmax(logits, axis=-1) + unimix / k
+    return tf.math.log(probs)
+
+
+def gumbel_onehot(logits: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
+    """One-hot of ``argmax(logits - log(-log(noise)))``; ``noise`` uniform in (0, 1),
+    same shape as ``logits`` [..., K]. Float32 result."""
+    noise = tf.clip_by_value(tf.cast(noise, "float32"), NOISE_EPS, 1.0 - NOISE_EPS)
+    gumbel = -tf.math.log(-tf.math.log(noise))
+    return mode_onehot(tf.cast(logits, "float32") + gumbel)
+
+
+def mode_onehot(logits: tf.Tensor) -> tf.Tensor:
+    """One-hot of the most likely class, [..., K] -> [..., K] float32."""
+    k = logits.shape[-1]
+    return tf.one_hot(tf.argmax(logits, axis=-1, output_type=tf.int32), k,
+                      dtype="float32")
+
+
+def straight_through(onehot: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """``onehot + probs - stop_gradient(probs)`` with ``probs = softmax(logits)``.
+
+    ``logits`` must already be unimix-adjusted (then softmax gives the mixed probs).
+    The value equals ``onehot`` exactly; the gradient flows to ``logits`` through the
+    probabilities.
+    """
+    probs = tf.nn.softmax(tf.cast(logits, "float32"), axis=-1)
+    return onehot + (probs - tf.stop_gradient(probs))
+
+
+def sample_latent(logits: tf.Tensor, noise: tf.Tensor | None = None) -> tf.Tensor:
+    """Flattened straight-through latent from mixed logits [..., S, K] -> [..., S*K].
+
+    ``noise`` (uniform, same shape as ``logits``) samples by Gumbel-max; ``None``
+    takes the mode (argmax, no randomness).
+    """
+    logits = tf.cast(logits, "float32")
+    onehot = mode_onehot(logits) if noise is None else gumbel_onehot(logits, noise)
+    z = straight_through(onehot, logits)
+    shape = tf.concat([tf.shape(z)[:-2], [logits.shape[-2] * logits.shape[-1]]], 0)
+    return tf.reshape(z, shape)
+
+
+def latent_distribution(logits: tf.Tensor):
+    """The TFP distribution of the latent: S independent ``OneHotCategorical`` over
+    K classes (``logits`` [..., S, K], already mixed). Event shape [S, K]."""
+    import tensorflow_probability as tfp  # imported lazily: TFP is slow to import
+
+    tfd = tfp.distributions
+    return tfd.Independent(
+        tfd.OneHotCategorical(logits=tf.cast(logits, "float32"), dtype=tf.float32), 1)

@@ -1,0 +1,262 @@
+"""Building-block layers: ``NormDense`` (Dense -> Norm -> SiLU), ``Mlp``,
+``BlockLinear`` and ``BlockGRU``.
+
+Norms always run in float32 (their own dtype policy), so a ``mixed_float16`` or
+``mixed_bfloat16`` model keeps its normalisation statistics in full precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+_PACKAGE = "rssm_tf"
+
+
+def make_norm(kind: str, eps: float, name: str | None = None) -> keras.layers.Layer:
+    """Keras' own RMS or layer normalisation over the last axis, in float32."""
+    if kind == "rms":
+        return keras.layers.RMSNormalization(epsilon=eps, dtype="float32", name=name)
+    if kind == "layer":
+        return keras.layers.LayerNormalization(epsilon=eps, dtype="float32", name=name)
+    raise ValueError(f"norm must be 'rms' or 'layer', got {kind!r}")
+
+
+def _check_units(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class NormDense(keras.layers.Layer):
+    """``L(x) = SiLU(Norm(Dense(x)))`` with a bias-free Dense, as in DreamerV3.
+
+    Input [..., X] -> output [..., units]. The norm (``"rms"`` or ``"layer"``, eps
+    ``norm_eps``) and the activation run in float32; the output is cast back to the
+    layer's compute dtype.
+    """
+
+    def __init__(self, units: int, norm: str = "rms", norm_eps: float = 1e-4,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_units("units", units)
+        self.units = units
+        self.norm_kind = norm
+        self.norm_eps = norm_eps
+        self.dense = keras.layers.Dense(units, use_bias=False, name="dense",
+                                        dtype=self.dtype_policy)
+        self.norm = make_norm(norm, norm_eps, name="norm")
+
+    def build(self, input_shape: tuple) -> None:
+        self.dense.build(input_shape)
+        self.norm.build(tuple(input_shape[:-1]) + (self.units,))
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return self.activate(self.dense(x))
+
+    def activate(self, pre: tf.Tensor) -> tf.Tensor:
+        """Norm and SiLU of a pre-activation that was computed elsewhere (e.g. split)."""
+        y = tf.nn.silu(self.norm(tf.cast(pre, "float32")))
+        return tf.cast(y, self.compute_dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(units=self.units, norm=self.norm_kind, norm_eps=self.norm_eps)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Mlp(keras.layers.Layer):
+    """``layers`` stacked :class:`NormDense` of width ``units``, then an optional
+    plain ``Dense(out_dim)``. Input [..., X] -> [..., out_dim or units].
+
+    ``zero_init`` initialises the output layer's kernel and bias to zeros (the reward
+    head: its first prediction is exactly 0).
+    """
+
+    def __init__(self, layers: int, units: int, out_dim: int | None = None,
+                 norm: str = "rms", norm_eps: float = 1e-4, zero_init: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_units("layers", layers)
+        _check_units("units", units)
+        if out_dim is not None:
+            _check_units("out_dim", out_dim)
+        self.n_layers = layers
+        self.units = units
+        self.out_dim = out_dim
+        self.norm_kind = norm
+        self.norm_eps = norm_eps
+        self.zero_init = zero_init
+        self.hidden = [NormDense(units, norm, norm_eps, name=f"hidden{i}",
+                                 dtype=self.dtype_policy) for i in range(layers)]
+        self.out = None
+        if out_dim is not None:
+            init = "zeros" if zero_init else "glorot_uniform"
+            self.out = keras.layers.Dense(out_dim, kernel_initializer=init,
+                                          name="out", dtype=self.dtype_policy)
+
+    def build(self, input_shape: tuple) -> None:
+        shape = tuple(input_shape)
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = shape[:-1] + (self.units,)
+        if self.out is not None:
+            self.out.build(shape)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        for layer in self.hidden:
+            x = layer(x)
+        if self.out is not None:
+            x = self.out(x)
+        return x
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(layers=self.n_layers, units=self.units, out_dim=self.out_dim,
+                      norm=self.norm_kind, norm_eps=self.norm_eps,
+                      zero_init=self.zero_init)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BlockLinear(keras.layers.Layer):
+    """A linear map applied independently to each of ``n_blocks`` blocks.
+
+    Input [..., G, in] -> output [..., G, units], with a kernel of shape
+    [G, in, units] (one matrix per block, i.e. a block-diagonal weight) and a bias
+    [G, units]. Computed as one batched einsum, not G small matmuls.
+    """
+
+    def __init__(self, units: int, n_blocks: int, use_bias: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_units("units", units)
+        _check_units("n_blocks", n_blocks)
+        self.units = units
+        self.n_blocks = n_blocks
+        self.use_bias = use_bias
+
+    def build(self, input_shape: tuple) -> None:
+        if input_shape[-2] != self.n_blocks:
+            raise ValueError(f"BlockLinear input must have shape [..., {self.n_blocks}, "
+                             f"in], got {tuple(input_shape)}")
+        fan_in = int(input_shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel", shape=(self.n_blocks, fan_in, self.units),
+            initializer=keras.initializers.VarianceScaling(1.0, "fan_avg", "uniform"))
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.n_blocks, self.units),
+                                        initializer="zeros")
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        y = tf.einsum("...gi,gio->...go", x, tf.cast(self.kernel, x.dtype))
+        if self.bias is not None:
+            y = y + tf.cast(self.bias, x.dtype)
+        return y
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(units=self.units, n_blocks=self.n_blocks, use_bias=self.use_bias)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BlockGRU(keras.layers.Layer):
+    """DreamerV3's normalised GRU, block-diagonal with ``n_blocks`` blocks.
+
+    ``call(x, h)``: input ``x`` [B, X] (shared by all blocks), memory ``h`` [B, units]
+    -> new memory [B, units]. With G = ``n_blocks`` > 0 and d = units / G::
+
+        xg = concat(split(h, G), broadcast(x))        # [B, G, d + X]
+        y  = SiLU(Norm(BlockLinear_d(xg)))             # norm over all units
+        r, c, u = split(BlockLinear_3d(y), 3)          # per block
+        r = sigmoid(r); c = tanh(r * c); u = sigmoid(u - 1)
+        h' = u * c + (1 - u) * h
+
+    Block i of ``h'`` depends on block i of ``h`` and on ``x`` only. With
+    ``n_blocks=0`` it is one dense GRU: ``r, c, u = split(Norm(Dense_3D([x, h])))``.
+
+    The input half of the first linear map is exposed as :meth:`project_input` so a
+    caller can compute it for a whole sequence at once and pass it to :meth:`step`.
+    """
+
+    def __init__(self, units: int, n_blocks: int = 8, norm: str = "rms",
+                 norm_eps: float = 1e-4, update_bias: float = -1.0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_units("units", units)
+        if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
+            raise ValueError(f"n_blocks must be an integer >= 0, got {n_blocks!r}")
+        if n_blocks and units % n_blocks:
+            raise ValueError(f"units ({units}) must be divisible by n_blocks ({n_blocks})")
+        self.units = units
+        self.n_blocks = n_blocks
+        self.norm_kind = norm
+        self.norm_eps = norm_eps
+        self.update_bias = float(update_bias)
+        self._pre_width = units if n_blocks else 3 * units
+        self.norm = make_norm(norm, norm_eps, name="norm")
+        if n_blocks:
+            bs = units // n_blocks
+            self.hidden = BlockLinear(bs, n_blocks, name="hidden",
+                                      dtype=self.dtype_policy)
+            self.gates = BlockLinear(3 * bs, n_blocks, name="gates",
+                                     dtype=self.dtype_policy)
+        else:
+            self.hidden = keras.layers.Dense(3 * units, name="hidden",
+                                             dtype=self.dtype_policy)
+            self.gates = None
+
+    def build(self, input_shape: Any) -> None:
+        x_shape = input_shape[0] if isinstance(input_shape[0], (tuple, list)) \
+            else input_shape
+        d, g = self.units, self.n_blocks
+        # Input half of the first map: a dense [X, width] kernel, equal to the
+        # per-block kernels [G, X, d/G] laid side by side (x is shared by all blocks).
+        self.input_kernel = self.add_weight(
+            name="input_kernel", shape=(int(x_shape[-1]), self._pre_width),
+            initializer=keras.initializers.VarianceScaling(1.0, "fan_avg", "uniform"))
+        if g:
+            self.hidden.build((None, g, d // g))
+            self.gates.build((None, g, d // g))
+        else:
+            self.hidden.build((None, d))
+        self.norm.build((None, self._pre_width))
+
+    def project_input(self, x: tf.Tensor) -> tf.Tensor:
+        """The input term of the first linear map: [..., X] -> [..., units] (blocks)
+        or [..., 3*units] (dense). Linear, so it can be split over parts of ``x``."""
+        return tf.matmul(x, tf.cast(self.input_kernel, x.dtype))
+
+    def step(self, h: tf.Tensor, x_proj: tf.Tensor) -> tf.Tensor:
+        """One update from ``h`` [B, units] and ``project_input(x)``; float32 result."""
+        dtype = self.compute_dtype
+        h = tf.cast(h, dtype)
+        d, g = self.units, self.n_blocks
+        x_proj = tf.cast(x_proj, dtype)
+        if g:
+            pre = tf.reshape(self.hidden(tf.reshape(h, [-1, g, d // g])), [-1, d])
+            y = tf.nn.silu(self.norm(tf.cast(pre + x_proj, "float32")))
+            gates = self.gates(tf.reshape(tf.cast(y, dtype), [-1, g, d // g]))
+            r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [B, G, d/G]
+            r, c, u = (tf.reshape(t, [-1, d]) for t in (r, c, u))
+        else:
+            pre = self.hidden(h) + x_proj
+            r, c, u = tf.split(self.norm(tf.cast(pre, "float32")), 3, axis=-1)
+        r = tf.sigmoid(r)
+        c = tf.tanh(r * c)
+        u = tf.sigmoid(u + self.update_bias)
+        return u * c + (1.0 - u) * tf.cast(h, "float32")  # the memory stays float32
+
+    def call(self, x: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
+        return self.step(h, self.project_input(tf.cast(x, self.compute_dtype)))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(units=self.units, n_blocks=self.n_blocks, norm=self.norm_kind,
+                      norm_eps=self.norm_eps, update_bias=self.update_bias)
+        return config

@@ -1,0 +1,372 @@
+"""The Recurrent State-Space Model of DreamerV3 (SPEC sections 2-4).
+
+State ``(h, z)``: ``h`` [B, D] the GRU memory, ``z`` [B, S*K] S one-hot latents.
+One step::
+
+    a  = action / sg(max(1, |action|))
+    h' = BlockGRU(concat(L(h), L(z), L(a)), h)
+    prior_logits = mix(Dense(L(L(h'))))                     # imagination
+    post_logits  = mix(Dense(L(concat(h', encoder(obs)))))  # observation
+    z' = straight_through(sample(logits))
+
+Only the chain ``z -> GRU -> posterior -> z`` is sequential. ``observe`` computes the
+encoder, the action projection, the posterior's embed term and the prior for all T at
+once, outside the loop; the loop carries ``(h, z)`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import keras
+import tensorflow as tf
+
+from rssm_tf.config import RssmConfig
+from rssm_tf.heads import make_continue_head, make_encoder, make_reward_head
+from rssm_tf.latents import mix_logits, sample_latent
+from rssm_tf.layers import BlockGRU, Mlp, NormDense
+from rssm_tf.losses import TwohotEncoder
+from rssm_tf.validation import as_float_tensor, check_same, check_shape
+
+
+class RssmState(NamedTuple):
+    """The recurrent state: ``h`` float32 [B, D] (or [B, T, D] for sequences) and
+    ``z`` float32 [B, S*K] (or [B, T, S*K]), S one-hot vectors of K classes."""
+
+    h: tf.Tensor
+    z: tf.Tensor
+
+    def feat(self) -> tf.Tensor:
+        """``concat(h, z)`` on the last axis: [..., D + S*K]."""
+        return tf.concat([self.h, self.z], -1)
+
+
+@keras.saving.register_keras_serializable(package="rssm_tf")
+class Rssm(keras.layers.Layer):
+    """DreamerV3's RSSM as a Keras layer: encoder, recurrent core, prior and posterior,
+    reward and continue heads.
+
+    Args:
+        config: an :class:`RssmConfig` (or its dict).
+        twohot: the :class:`TwohotEncoder` of the reward head (255 symlog bins).
+        seed: seed of the layer's sampling noise (a ``keras.random.SeedGenerator``).
+
+    Sampling: every step takes ``sample`` (True: draw from the layer's seeded noise;
+    False: the mode) and ``noise`` (uniform (0, 1) of the logits' shape; overrides
+    ``sample`` and gives reproducible Gumbel-max samples).
+    """
+
+    def __init__(self, config: RssmConfig | dict, twohot: TwohotEncoder | dict | None = None,
+                 seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = RssmConfig.from_dict(config)
+        if not isinstance(config, RssmConfig):
+            raise TypeError(f"config must be an RssmConfig, got {type(config).__name__}")
+        if isinstance(twohot, dict):
+            twohot = TwohotEncoder.from_config(twohot)
+        self.config = config
+        self.twohot = twohot or TwohotEncoder()
+        self.seed = seed
+        c = config
+        H, D, policy = c.hidden_size, c.deterministic_size, self.dtype_policy
+        norm = dict(norm=c.norm, norm_eps=c.norm_eps, dtype=policy)
+        self.encoder = make_encoder(c, dtype=policy)
+        self.inp_h = NormDense(H, name="inp_h", **norm)
+        self.inp_z = NormDense(H, name="inp_z", **norm)
+        self.inp_a = NormDense(H, name="inp_a", **norm)
+        self.gru = BlockGRU(D, c.n_blocks, name="gru", **norm)
+        self.prior_net = Mlp(c.prior_layers, H, out_dim=c.stoch_size, name="prior",
+                             **norm)
+        self.post_net = Mlp(c.posterior_layers, H, out_dim=c.stoch_size, name="post",
+                            **norm)
+        self.reward_head = make_reward_head(c, self.twohot.num_bins, dtype=policy)
+        self.continue_head = make_continue_head(c, dtype=policy)
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        self.build()
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.built:
+            return
+        c = self.config
+        H, D, F = c.hidden_size, c.deterministic_size, c.feat_size
+        self.encoder.build((None, c.obs_dim))
+        self.inp_h.build((None, D))
+        self.inp_z.build((None, c.stoch_size))
+        self.inp_a.build((None, c.action_dim))
+        self.gru.build((None, 3 * H))
+        self.prior_net.build((None, D))
+        self.post_net.build((None, D + H))
+        self.reward_head.build((None, F))
+        self.continue_head.build((None, F))
+        self.built = True
+
+    # ----------------------------------------------------------------- state
+    def initial_state(self, batch: int | tf.Tensor) -> RssmState:
+        """Zeros: ``h`` [batch, D], ``z`` [batch, S*K], float32."""
+        if isinstance(batch, int) and batch <= 0:
+            raise ValueError(f"batch must be a positive integer, got {batch}")
+        c = self.config
+        return RssmState(tf.zeros([batch, c.deterministic_size]),
+                         tf.zeros([batch, c.stoch_size]))
+
+    # ------------------------------------------------ pieces of one step
+    def _action_proj(self, action: tf.Tensor) -> tf.Tensor:
+        """GRU input term of the action: ``L(a) @ K_a``, [..., A] -> [..., P]."""
+        action = tf.cast(action, "float32")
+        a = action / tf.stop_gradient(tf.maximum(1.0, tf.abs(action)))
+        a_feat = self.inp_a(tf.cast(a, self.compute_dtype))
+        H = self.config.hidden_size
+        return tf.matmul(a_feat, tf.cast(self.gru.input_kernel[2 * H:], a_feat.dtype))
+
+    def _embed_proj(self, obs: tf.Tensor) -> tf.Tensor:
+        """Posterior's first-layer term of the observation, [..., O] -> [..., H]."""
+        embed = self.encoder(obs)
+        kernel = self.post_net.hidden[0].dense.kernel[self.config.deterministic_size:]
+        return tf.matmul(embed, tf.cast(kernel, embed.dtype))
+
+    def _core(self, h: tf.Tensor, z: tf.Tensor, a_proj: tf.Tensor) -> tf.Tensor:
+        """``h' = GRU(concat(L(h), L(z), L(a)), h)`` given the action's term."""
+        dtype = self.compute_dtype
+        x = tf.concat([self.inp_h(tf.cast(h, dtype)), self.inp_z(tf.cast(z, dtype))], -1)
+        H = self.config.hidden_size
+        x_proj = tf.matmul(x, tf.cast(self.gru.input_kernel[:2 * H], dtype)) \
+            + tf.cast(a_proj, dtype)
+        return self.gru.step(h, x_proj)
+
+    def _to_logits(self, flat: tf.Tensor) -> tf.Tensor:
+        c = self.config
+        shape = tf.concat([tf.shape(flat)[:-1], [c.n_categories, c.n_classes]], 0)
+        return mix_logits(tf.reshape(tf.cast(flat, "float32"), shape), c.unimix)
+
+    def _post_logits(self, h: tf.Tensor, e_proj: tf.Tensor) -> tf.Tensor:
+        dtype = self.compute_dtype
+        first = self.post_net.hidden[0]
+        kernel = first.dense.kernel[:self.config.deterministic_size]
+        x = first.activate(tf.matmul(tf.cast(h, dtype), tf.cast(kernel, dtype))
+                           + tf.cast(e_proj, dtype))
+        for layer in self.post_net.hidden[1:]:
+            x = layer(x)
+        return self._to_logits(self.post_net.out(x))
+
+    def prior_logits(self, h: tf.Tensor) -> tf.Tensor:
+        """Unimix-adjusted prior logits from ``h`` [..., D] -> [..., S, K]."""
+        return self._to_logits(self.prior_net(tf.cast(h, self.compute_dtype)))
+
+    def posterior_logits(self, h: tf.Tensor, obs: tf.Tensor) -> tf.Tensor:
+        """Unimix-adjusted posterior logits from ``h`` [..., D], ``obs`` [..., O]."""
+        return self._post_logits(h, self._embed_proj(obs))
+
+    def _noise(self, shape: Any, lead: list[str], sample: bool,
+               noise: tf.Tensor | None) -> tf.Tensor | None:
+        """Uniform noise of ``shape`` (lead dims + [S, K]): the given ``noise``
+        (checked), fresh seeded noise if ``sample``, else None (the mode)."""
+        if noise is not None:
+            noise = as_float_tensor("noise", noise)
+            check_shape("noise", noise,
+                        lead + [self.config.n_categories, self.config.n_classes])
+            return noise
+        if not sample:
+            return None
+        return keras.random.uniform(shape, seed=self.seed_generator)
+
+    # ----------------------------------------------------------- validation
+    def _check_state(self, state: RssmState) -> RssmState:
+        if not isinstance(state, (RssmState, tuple, list)) or len(state) != 2:
+            raise TypeError("state must be an RssmState(h, z)")
+        c = self.config
+        h = as_float_tensor("state.h", state[0])
+        z = as_float_tensor("state.z", state[1])
+        check_shape("state.h", h, ["B", c.deterministic_size])
+        check_shape("state.z", z, ["B", c.stoch_size])
+        check_same(["state.h", "state.z"], [h.shape[0], z.shape[0]], "batch size")
+        return RssmState(h, z)
+
+    def _check_step(self, state: RssmState, action: Any, obs: Any = None):
+        c = self.config
+        state = self._check_state(state)
+        action = as_float_tensor("action", action)
+        check_shape("action", action, ["B", c.action_dim])
+        names, sizes = ["state.h", "action"], [state.h.shape[0], action.shape[0]]
+        if obs is not None:
+            obs = as_float_tensor("obs", obs)
+            check_shape("obs", obs, ["B", c.obs_dim])
+            names.append("obs")
+            sizes.append(obs.shape[0])
+        check_same(names, sizes, "batch size")
+        return state, action, obs
+
+    # ------------------------------------------------------------- steps
+    def obs_step(self, state: RssmState, action: tf.Tensor, obs: tf.Tensor,
+                 sample: bool = True, noise: tf.Tensor | None = None
+                 ) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
+        """One observation step.
+
+        ``state`` (h [B, D], z [B, S*K]), ``action`` [B, A] (the action that led to
+        ``obs``), ``obs`` [B, O] -> (new state, ``post_logits`` [B, S, K],
+        ``prior_logits`` [B, S, K]); the new ``z`` is drawn from the posterior.
+        """
+        state, action, obs = self._check_step(state, action, obs)
+        h = self._core(state.h, state.z, self._action_proj(action))
+        post = self._post_logits(h, self._embed_proj(obs))
+        prior = self.prior_logits(h)
+        z = sample_latent(post, self._noise(tf.shape(post), ["B"], sample, noise))
+        return RssmState(h, z), post, prior
+
+    def imagine_step(self, state: RssmState, action: tf.Tensor, sample: bool = True,
+                     noise: tf.Tensor | None = None, return_logits: bool = False
+                     ) -> RssmState | tuple[RssmState, tf.Tensor]:
+        """One imagination step: (h [B, D], z [B, S*K]), ``action`` [B, A] -> new
+        state with ``z`` drawn from the prior; with ``return_logits`` also the
+        ``prior_logits`` [B, S, K]."""
+        state, action, _ = self._check_step(state, action)
+        h = self._core(state.h, state.z, self._action_proj(action))
+        prior = self.prior_logits(h)
+        z = sample_latent(prior, self._noise(tf.shape(prior), ["B"], sample, noise))
+        return (RssmState(h, z), prior) if return_logits else RssmState(h, z)
+
+    def predict_reward(self, h: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+        """Reward twohot logits [..., bins] from ``h`` [..., D] and ``z`` [..., S*K]."""
+        return tf.cast(self.reward_head(self._feat(h, z)), "float32")
+
+    def predict_continue(self, h: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+        """Continue Bernoulli logit [..., 1] from ``h`` [..., D] and ``z`` [..., S*K]."""
+        return tf.cast(self.continue_head(self._feat(h, z)), "float32")
+
+    def decode_reward(self, reward_logits: tf.Tensor) -> tf.Tensor:
+        """Expected reward [...] from twohot logits [..., bins]."""
+        return self.twohot.decode(reward_logits)
+
+    def _feat(self, h: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+        c = self.config
+        h = as_float_tensor("h", h)
+        z = as_float_tensor("z", z)
+        if h.shape.rank is not None:
+            check_shape("h", h, [None] * (h.shape.rank - 1) + [c.deterministic_size])
+        if z.shape.rank is not None:
+            check_shape("z", z, [None] * (z.shape.rank - 1) + [c.stoch_size])
+        return tf.cast(tf.concat([h, z], -1), self.compute_dtype)
+
+    # ------------------------------------------------------ sequence forms
+    def observe(self, obs: tf.Tensor, actions: tf.Tensor, is_first: tf.Tensor,
+                state: RssmState | None = None, sample: bool = True,
+                noise: tf.Tensor | None = None
+                ) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
+        """Observe a batch of sequences.
+
+        ``obs`` [B, T, O], ``actions`` [B, T, A] (``actions[:, t]`` led to
+        ``obs[:, t]``), ``is_first`` [B, T] (1 resets the state and the previous
+        action before step t), ``state`` (h [B, D], z [B, S*K]; default zeros),
+        ``noise`` [B, T, S, K] optional.
+        Returns (states with h [B, T, D] and z [B, T, S*K], ``post_logits``
+        [B, T, S, K], ``prior_logits`` [B, T, S, K]).
+        """
+        c = self.config
+        obs = as_float_tensor("obs", obs)
+        actions = as_float_tensor("actions", actions)
+        is_first = as_float_tensor("is_first", is_first)
+        check_shape("obs", obs, ["B", "T", c.obs_dim])
+        check_shape("actions", actions, ["B", "T", c.action_dim])
+        check_shape("is_first", is_first, ["B", "T"])
+        for i, what in ((0, "batch size"), (1, "sequence length")):
+            check_same(["obs", "actions", "is_first"],
+                       [obs.shape[i], actions.shape[i], is_first.shape[i]], what)
+        if state is None:
+            state = self.initial_state(tf.shape(obs)[0])
+        else:
+            state = self._check_state(state)
+        shape = tf.concat([tf.shape(obs)[:2], [c.n_categories, c.n_classes]], 0)
+        noise = self._noise(shape, ["B", "T"], sample, noise)
+
+        first = is_first[..., None]
+        a_proj = self._action_proj(actions * (1.0 - first))
+        e_proj = self._embed_proj(obs)
+        time_major = [tf.transpose(first, [1, 0, 2]),
+                      tf.transpose(a_proj, [1, 0, 2]), tf.transpose(e_proj, [1, 0, 2])]
+        if noise is not None:
+            time_major.append(tf.transpose(noise, [1, 0, 2, 3]))
+
+        def step(carry, inputs):
+            h, z, _ = carry
+            first_t, a_t, e_t = inputs[:3]
+            keep = 1.0 - first_t
+            h, z = h * keep, z * keep  # the initial state is zeros
+            h = self._core(h, z, a_t)
+            post = self._post_logits(h, e_t)
+            z = sample_latent(post, inputs[3] if len(inputs) > 3 else None)
+            return h, z, post
+
+        init = (state.h, state.z,
+                tf.zeros(tf.concat([tf.shape(obs)[:1], [c.n_categories, c.n_classes]], 0)))
+        hs, zs, posts = tf.scan(step, tuple(time_major), initializer=init)
+        hs = tf.transpose(hs, [1, 0, 2])
+        zs = tf.transpose(zs, [1, 0, 2])
+        posts = tf.transpose(posts, [1, 0, 2, 3])
+        return RssmState(hs, zs), posts, self.prior_logits(hs)
+
+    def imagine(self, state: RssmState,
+                policy_or_actions: tf.Tensor | Callable[[RssmState], tf.Tensor],
+                horizon: int | None = None, sample: bool = True,
+                noise: tf.Tensor | None = None) -> tuple[RssmState, tf.Tensor]:
+        """Roll the prior forward from ``state`` (h [B, D], z [B, S*K]).
+
+        ``policy_or_actions``: actions [B, T, A] (then ``horizon`` defaults to T and
+        must not exceed it) or a callable ``policy(state) -> action [B, A]`` (then
+        ``horizon`` is required). ``noise`` [B, horizon, S, K] optional.
+        Returns (states with h [B, horizon, D], z [B, horizon, S*K], ``prior_logits``
+        [B, horizon, S, K]); the start state is not included.
+        """
+        c = self.config
+        state = self._check_state(state)
+        policy = policy_or_actions if callable(policy_or_actions) else None
+        if policy is None:
+            actions = as_float_tensor("actions", policy_or_actions)
+            check_shape("actions", actions, ["B", "T", c.action_dim])
+            check_same(["state.h", "actions"], [state.h.shape[0], actions.shape[0]],
+                       "batch size")
+            steps = actions.shape[1]
+            if horizon is not None:
+                if steps is not None and not 0 < horizon <= steps:
+                    raise ValueError(f"horizon must be in [1, {steps}] (the length of "
+                                     f"actions), got {horizon}")
+                actions = actions[:, :horizon]
+        elif not isinstance(horizon, int) or horizon <= 0:
+            raise ValueError(f"horizon must be a positive integer with a policy, "
+                             f"got {horizon!r}")
+        length = tf.shape(actions)[1] if policy is None else horizon
+        shape = tf.stack([tf.shape(state.h)[0], length, c.n_categories, c.n_classes])
+        noise = self._noise(shape, ["B", "T"], sample, noise)
+
+        elems = [tf.zeros([length])] if policy else \
+            [tf.transpose(self._action_proj(actions), [1, 0, 2])]
+        if noise is not None:
+            elems.append(tf.transpose(noise, [1, 0, 2, 3]))
+
+        def step(carry, inputs):
+            h, z, _ = carry
+            if policy is None:
+                a_proj = inputs[0]
+            else:
+                a_proj = self._action_proj(policy(RssmState(h, z)))
+            h = self._core(h, z, a_proj)
+            prior = self.prior_logits(h)
+            z = sample_latent(prior, inputs[1] if len(inputs) > 1 else None)
+            return h, z, prior
+
+        init = (state.h, state.z,
+                tf.zeros(tf.stack([tf.shape(state.h)[0], c.n_categories, c.n_classes])))
+        hs, zs, priors = tf.scan(step, tuple(elems), initializer=init)
+        return (RssmState(tf.transpose(hs, [1, 0, 2]), tf.transpose(zs, [1, 0, 2])),
+                tf.transpose(priors, [1, 0, 2, 3]))
+
+    def call(self, obs: tf.Tensor, actions: tf.Tensor, is_first: tf.Tensor,
+             sample: bool = True) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
+        """Same as :meth:`observe` from the initial state."""
+        return self.observe(obs, actions, is_first, sample=sample)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(config=self.config.to_dict(), twohot=self.twohot.get_config(),
+                      seed=self.seed)
+        return config
