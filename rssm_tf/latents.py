@@ -16,6 +16,34 @@ import tensorflow as tf
 NOISE_EPS = 1e-6
 
 
+def _hash32(x: tf.Tensor) -> tf.Tensor:
+    """A 32-bit integer mixer (xor-shift-multiply, "lowbias32") on int64 holding
+    values below 2**32; plain integer ops, so every backend computes the same bits."""
+    mask = tf.constant(0xFFFFFFFF, tf.int64)
+    x = tf.bitwise.bitwise_and(x, mask)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = tf.bitwise.bitwise_and(x * 0x7FEB352D, mask)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = tf.bitwise.bitwise_and(x * 0x846CA68B, mask)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def uniform_noise(shape: tf.Tensor | list[int], seed: tf.Tensor) -> tf.Tensor:
+    """Uniform noise in (0, 1) of ``shape`` from ``seed`` (two integers), float32.
+
+    A counter-based hash of (seed, element index): the same seed gives the same bits
+    in eager mode, in a ``tf.function`` and under XLA (TensorFlow's stateless ops do
+    not: XLA's Philox lays out its counters differently for larger tensors).
+    """
+    seed = tf.cast(seed, tf.int64)
+    key = _hash32(_hash32(seed[0] + 0x9E3779B9) + seed[1])
+    count = tf.reduce_prod(tf.cast(shape, tf.int64))
+    bits = _hash32(_hash32(tf.range(count, dtype=tf.int64) + key) + key)
+    # 24 random bits -> centre of one of 2**24 equal cells: strictly inside (0, 1)
+    u = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (1.0 / 2 ** 24)
+    return tf.reshape(u, shape)
+
+
 def mix_logits(logits: tf.Tensor, unimix: float) -> tf.Tensor:
     """Unimix-adjusted logits ``log((1 - unimix) softmax(l) + unimix / K)``, float32.
 

@@ -172,12 +172,14 @@ class BlockGRU(keras.layers.Layer):
     -> new memory [B, units]. With G = ``n_blocks`` > 0 and d = units / G::
 
         xg = concat(split(h, G), broadcast(x))        # [B, G, d + X]
-        y  = SiLU(Norm(BlockLinear_d(xg)))             # norm over all units
+        y  = SiLU(Norm(BlockLinear_d(xg)))             # norm within each block
         r, c, u = split(BlockLinear_3d(y), 3)          # per block
         r = sigmoid(r); c = tanh(r * c); u = sigmoid(u - 1)
         h' = u * c + (1 - u) * h
 
-    Block i of ``h'`` depends on block i of ``h`` and on ``x`` only. With
+    Block i of ``h'`` depends on block i of ``h`` and on ``x`` only: the norm runs
+    over each block's d units (one learned scale of size d shared by the blocks), so
+    no statistic couples the blocks. With
     ``n_blocks=0`` it is one dense GRU: ``r, c, u = split(Norm(Dense_3D([x, h])))``.
 
     The input half of the first linear map is exposed as :meth:`project_input` so a
@@ -223,9 +225,10 @@ class BlockGRU(keras.layers.Layer):
         if g:
             self.hidden.build((None, g, d // g))
             self.gates.build((None, g, d // g))
+            self.norm.build((None, g, d // g))
         else:
             self.hidden.build((None, d))
-        self.norm.build((None, self._pre_width))
+            self.norm.build((None, self._pre_width))
 
     def project_input(self, x: tf.Tensor) -> tf.Tensor:
         """The input term of the first linear map: [..., X] -> [..., units] (blocks)
@@ -239,9 +242,10 @@ class BlockGRU(keras.layers.Layer):
         d, g = self.units, self.n_blocks
         x_proj = tf.cast(x_proj, dtype)
         if g:
-            pre = tf.reshape(self.hidden(tf.reshape(h, [-1, g, d // g])), [-1, d])
-            y = tf.nn.silu(self.norm(tf.cast(pre + x_proj, "float32")))
-            gates = self.gates(tf.reshape(tf.cast(y, dtype), [-1, g, d // g]))
+            pre = self.hidden(tf.reshape(h, [-1, g, d // g])) \
+                + tf.reshape(x_proj, [-1, g, d // g])
+            y = tf.nn.silu(self.norm(tf.cast(pre, "float32")))  # per block
+            gates = self.gates(tf.cast(y, dtype))
             r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [B, G, d/G]
             r, c, u = (tf.reshape(t, [-1, d]) for t in (r, c, u))
         else:

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from rssm_tf.config import RssmConfig
 from rssm_tf.heads import make_continue_head, make_encoder, make_reward_head
-from rssm_tf.latents import mix_logits, sample_latent
+from rssm_tf.latents import mix_logits, sample_latent, uniform_noise
 from rssm_tf.layers import BlockGRU, Mlp, NormDense
 from rssm_tf.losses import TwohotEncoder
 from rssm_tf.validation import as_float_tensor, check_same, check_shape
@@ -169,7 +169,7 @@ class Rssm(keras.layers.Layer):
             return noise
         if not sample:
             return None
-        return keras.random.uniform(shape, seed=self.seed_generator)
+        return uniform_noise(shape, self.seed_generator.next())
 
     # ----------------------------------------------------------- validation
     def _check_state(self, state: RssmState) -> RssmState:

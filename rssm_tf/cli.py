@@ -1,0 +1,173 @@
+"""``rssm-tf``: collect episodes, train, imagine and evaluate from the command line.
+
+    rssm-tf collect  --env CartPole-v1 --episodes 100 --out data/train
+    rssm-tf train    --data data/train --model run/model.keras --steps 1000
+    rssm-tf evaluate --model run/model.keras --data data/test
+    rssm-tf imagine  --model run/model.keras --data data/test --out run/imagine.png
+
+Errors in the arguments or the files are printed as one line (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rssm-tf", description="DreamerV3 world model (RSSM) in TensorFlow/Keras.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("collect", help="run a gymnasium environment and save episodes",
+                       description="Run a gymnasium environment with a random policy and "
+                                   "save each episode as an .npz file (atomic writes).")
+    p.add_argument("--env", required=True, help="gymnasium environment id, e.g. Pendulum-v1")
+    p.add_argument("--episodes", type=_positive, required=True, help="number of episodes")
+    p.add_argument("--out", required=True, help="episode directory (created if missing)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
+    p.add_argument("--max-steps", type=_positive, default=None,
+                   help="cut episodes at this many steps (default: the env's own limit)")
+
+    p = sub.add_parser("train", help="fit a world model on an episode directory",
+                       description="Fit a WorldModel with model.fit on random windows of "
+                                   "the episodes; saves a .keras file (atomically).")
+    p.add_argument("--data", required=True, help="episode directory to train on")
+    p.add_argument("--model", required=True,
+                   help="output .keras path; if it exists, training resumes from it")
+    p.add_argument("--val-data", default=None, help="episode directory for validation")
+    p.add_argument("--steps", type=_positive, default=1000, help="training updates (1000)")
+    p.add_argument("--epochs", type=_positive, default=1,
+                   help="split the steps into this many epochs (1)")
+    p.add_argument("--batch-size", type=_positive, default=16, help="windows per batch (16)")
+    p.add_argument("--seq-len", type=_positive, default=64, help="window length T (64)")
+    p.add_argument("--config", default=None,
+                   help="JSON of RssmConfig fields other than obs_dim/action_dim, "
+                        "e.g. '{\"deterministic_size\": 256}' (default: the seed config)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
+    p.add_argument("--log-dir", default=None, help="TensorBoard log directory")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                   default="float32", help="Keras dtype policy (float32)")
+
+    for name, text in (("evaluate", "open-loop prediction error on held-out episodes"),
+                       ("imagine", "write a picture of real vs imagined rollouts")):
+        p = sub.add_parser(name, help=text, description=text.capitalize() + ".")
+        p.add_argument("--model", required=True, help="trained .keras file")
+        p.add_argument("--data", required=True, help="episode directory")
+        p.add_argument("--context", type=_positive, default=5, help="observed steps (5)")
+        p.add_argument("--horizon", type=_positive, default=15, help="imagined steps (15)")
+        if name == "evaluate":
+            p.add_argument("--json", default=None, help="also write the result here")
+        else:
+            p.add_argument("--out", required=True, help="output PNG path")
+    return parser
+
+
+def _load_model(path: str):
+    from rssm_tf.saving import load_world_model
+
+    return load_world_model(path)
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from rssm_tf.collect import collect
+
+    paths = collect(args.env, args.episodes, args.out, seed=args.seed,
+                    max_steps=args.max_steps, progress=True)
+    print(f"wrote {len(paths)} episodes to {args.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import keras
+
+    from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
+    from rssm_tf.config import RssmConfig
+    from rssm_tf.data import EpisodeStore, make_dataset
+    from rssm_tf.saving import AtomicModelCheckpoint, save_world_model
+    from rssm_tf.world_model import WorldModel
+
+    keras.utils.set_random_seed(args.seed)
+    keras.mixed_precision.set_global_policy(args.precision)
+    episodes = EpisodeStore(args.data).load()
+    if not episodes:
+        raise ValueError(f"--data {args.data}: no episode files found")
+    dataset = make_dataset(episodes, args.batch_size, args.seq_len, seed=args.seed)
+    if os.path.exists(args.model):
+        model = _load_model(args.model)
+        print(f"resuming from {args.model} at step {int(model.optimizer.iterations)}")
+    else:
+        extra = json.loads(args.config) if args.config else {}
+        config = RssmConfig(obs_dim=episodes[0]["obs"].shape[1],
+                            action_dim=episodes[0]["action"].shape[1], **extra)
+        model = WorldModel(config, seed=args.seed)
+        model.compile(optimizer=keras.optimizers.Adam(args.lr, epsilon=1e-8,
+                                                      global_clipnorm=1000.0))
+    callbacks = [NonFiniteGuard(), AtomicModelCheckpoint(args.model)]
+    val = None
+    if args.val_data:
+        val_eps = EpisodeStore(args.val_data).load()
+        val = make_dataset(val_eps, args.batch_size, args.seq_len, seed=1, repeat=False)
+        callbacks.append(ImaginationCallback(val_eps, Path(args.model).parent,
+                                             log_dir=args.log_dir))
+    if args.log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(args.log_dir))
+    model.fit(dataset, epochs=args.epochs, steps_per_epoch=max(1, args.steps // args.epochs),
+              validation_data=val, callbacks=callbacks, verbose=1)
+    save_world_model(model, args.model)
+    print(f"saved {args.model}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from rssm_tf.data import EpisodeStore
+    from rssm_tf.world_model import evaluate_open_loop
+
+    result = evaluate_open_loop(_load_model(args.model), EpisodeStore(args.data).load(),
+                                args.context, args.horizon)
+    print(f"{'step':>4} {'obs_mse':>10} {'mean_pred':>10} {'rew_mse':>10} {'mean_pred':>10}")
+    for i in range(args.horizon):
+        print(f"{i + 1:>4} {result['obs_mse'][i]:>10.4f} {result['mean_obs_mse'][i]:>10.4f} "
+              f"{result['reward_mse'][i]:>10.4f} {result['mean_reward_mse'][i]:>10.4f}")
+    if args.json:
+        from rssm_tf.callbacks import write_atomic
+
+        write_atomic(args.json, json.dumps(result, indent=2).encode())
+
+
+def cmd_imagine(args: argparse.Namespace) -> None:
+    from rssm_tf.callbacks import ImaginationCallback
+    from rssm_tf.data import EpisodeStore
+
+    callback = ImaginationCallback(EpisodeStore(args.data).load(), Path(args.out).parent,
+                                   args.context, args.horizon)
+    callback.set_model(_load_model(args.model))
+    callback.on_epoch_end(-1)
+    os.replace(callback.last_path, args.out)
+    print(f"wrote {args.out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"collect": cmd_collect, "train": cmd_train, "evaluate": cmd_evaluate,
+               "imagine": cmd_imagine}[args.command]
+    try:
+        handler(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+        print(f"rssm-tf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Episodes on disk and the ``tf.data`` pipeline that feeds ``WorldModel.fit``.
+
+Episode format: one ``.npz`` file per episode with
+
+==============  =========  ===================================================
+key             shape      meaning
+==============  =========  ===================================================
+``obs``         [T, O]     observation at step t
+``action``      [T, A]     the action that led to ``obs[t]`` (zeros at t=0;
+                           discrete actions one-hot)
+``reward``      [T]        reward received on arriving at ``obs[t]`` (0 at t=0)
+``is_first``    [T]        1 at t=0, else 0
+``is_terminal`` [T]        1 where the episode ended by termination (not by a
+                           time limit), else 0
+==============  =========  ===================================================
+
+Files are written to a temporary name in the same directory and renamed, so a crash
+never leaves a half-written episode under a real name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+EPISODE_KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
+
+
+class EpisodeError(ValueError):
+    """A malformed or unreadable episode file; the message names the file."""
+
+
+def validate_episode(episode: dict[str, Any], where: str = "episode") -> dict[str, np.ndarray]:
+    """Checks keys, ranks, lengths and finiteness; returns float32 arrays.
+
+    ``where`` names the episode in error messages (a file path, for instance).
+    """
+    if not isinstance(episode, dict) and not hasattr(episode, "keys"):
+        raise EpisodeError(f"{where}: an episode must be a dict of arrays, got "
+                           f"{type(episode).__name__}")
+    missing = [k for k in EPISODE_KEYS if k not in episode]
+    if missing:
+        raise EpisodeError(f"{where}: missing key(s) {missing}; an episode has "
+                           f"{list(EPISODE_KEYS)}")
+    out = {}
+    for key in EPISODE_KEYS:
+        value = np.asarray(episode[key])
+        if value.dtype.kind not in "fiub":
+            raise EpisodeError(f"{where}: {key} must be numeric, got dtype {value.dtype}")
+        out[key] = value.astype(np.float32)
+    ranks = {"obs": 2, "action": 2, "reward": 1, "is_first": 1, "is_terminal": 1}
+    for key, rank in ranks.items():
+        if out[key].ndim != rank:
+            want = "[T, O]" if key == "obs" else "[T, A]" if key == "action" else "[T]"
+            raise EpisodeError(f"{where}: {key} must have shape {want}, got "
+                               f"{list(out[key].shape)}")
+    lengths = {k: len(v) for k, v in out.items()}
+    if len(set(lengths.values())) != 1:
+        raise EpisodeError(f"{where}: all keys must have the same length T, got {lengths}")
+    if lengths["obs"] < 1:
+        raise EpisodeError(f"{where}: an episode needs at least one step")
+    for key in EPISODE_KEYS:
+        if not np.all(np.isfinite(out[key])):
+            raise EpisodeError(f"{where}: {key} contains NaN or Inf values")
+    for key in ("is_first", "is_terminal"):
+        if not np.all((out[key] == 0) | (out[key] == 1)):
+            raise EpisodeError(f"{where}: {key} must hold only 0 and 1")
+    return out
+
+
+def save_episode(directory: str | os.PathLike, episode: dict[str, Any],
+                 name: str | None = None) -> Path:
+    """Validates ``episode`` and writes it atomically as ``directory/name.npz``.
+
+    The default name is unique (``episode-<uuid>``). An existing file is never
+    overwritten. Returns the path.
+    """
+    directory = Path(directory)
+    arrays = validate_episode(episode)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = name or f"episode-{uuid.uuid4().hex}"
+    path = directory / f"{name}.npz"
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; episodes are never overwritten")
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_episode(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads and validates one episode file; errors name the file and the problem."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            episode = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise EpisodeError(f"{path}: no such episode file") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
+        raise EpisodeError(f"{path}: not a readable episode .npz file (truncated or "
+                           f"corrupt): {error}") from None
+    return validate_episode(episode, str(path))
+
+
+class EpisodeStore:
+    """A directory of episode files: ``add`` writes one atomically, ``load`` reads all.
+
+    Temporary files of interrupted writes (``.*.tmp``) are ignored.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def add(self, episode: dict[str, Any], name: str | None = None) -> Path:
+        return save_episode(self.directory, episode, name)
+
+    def paths(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("*.npz") if not p.name.startswith("."))
+
+    def load(self) -> list[dict[str, np.ndarray]]:
+        return [load_episode(p) for p in self.paths()]
+
+    def __len__(self) -> int:
+        return len(self.paths())
+
+
+def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size: int,
+                 seq_len: int, seed: int | None = 0, repeat: bool = True,
+                 prefetch: bool = True) -> tf.data.Dataset:
+    """A ``tf.data`` pipeline of random fixed-length windows over the episodes.
+
+    Episodes are laid end to end in one stream (their ``is_first`` flags mark the
+    joins), and each window is ``seq_len`` consecutive steps starting at a uniformly
+    drawn position, so a window may cross into the next episode; the model resets its
+    state where ``is_first`` is 1. The first step of every window is marked
+    ``is_first = 1``: each window starts from the initial state. Episodes shorter
+    than ``seq_len`` are used as parts of windows.
+
+    ``directory``: a directory of episode files (or a list of episode dicts).
+    Yields dicts ``{obs [B, T, O], action [B, T, A], reward [B, T], is_first [B, T],
+    is_terminal [B, T]}`` (float32), shuffled by the ``seed``, batched
+    (``drop_remainder``) and prefetched. ``repeat=False`` gives one pass of
+    ``total_steps // seq_len`` windows.
+    """
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(directory, (list, tuple)):
+        episodes = [validate_episode(e, f"episode {i}") for i, e in enumerate(directory)]
+        where = "the episode list"
+    else:
+        where = str(directory)
+        if not Path(directory).is_dir():
+            raise FileNotFoundError(f"episode directory {where} does not exist")
+        episodes = EpisodeStore(directory).load()
+    if not episodes:
+        raise ValueError(f"no episodes in {where}")
+    dims = {(e["obs"].shape[1], e["action"].shape[1]) for e in episodes}
+    if len(dims) != 1:
+        raise ValueError(f"episodes in {where} disagree on (obs_dim, action_dim): "
+                         f"{sorted(dims)}")
+    stream = {k: np.concatenate([e[k] for e in episodes]) for k in EPISODE_KEYS}
+    stream["is_first"][np.cumsum([0] + [len(e["obs"]) for e in episodes[:-1]])] = 1.0
+    total = len(stream["obs"])
+    if total < seq_len:
+        raise ValueError(f"the episodes in {where} hold {total} steps in all, fewer "
+                         f"than seq_len={seq_len}")
+    tensors = {k: tf.constant(v) for k, v in stream.items()}
+    n_starts = total - seq_len + 1
+    window_first = tf.one_hot(0, seq_len)
+
+    def window(start: tf.Tensor) -> dict[str, tf.Tensor]:
+        item = {k: v[start:start + seq_len] for k, v in tensors.items()}
+        item["is_first"] = tf.maximum(item["is_first"], window_first)
+        return item
+
+    if repeat:
+        starts = tf.data.Dataset.random(seed=seed).map(
+            lambda r: tf.cast(r % n_starts, tf.int32))
+    else:
+        order = np.random.default_rng(seed).permutation(n_starts)[:total // seq_len]
+        starts = tf.data.Dataset.from_tensor_slices(order.astype(np.int32))
+    dataset = starts.map(window, num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=True).batch(batch_size, drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset

@@ -1,0 +1,326 @@
+"""``WorldModel``: the RSSM, decoder and heads as a ``keras.Model`` trained by ``fit``.
+
+Batches are dicts of windows (see :mod:`rssm_tf.data`)::
+
+    obs [B, T, O]   action [B, T, A]   reward [B, T]   is_first [B, T]   is_terminal [B, T]
+
+Loss per step (SPEC section 5), averaged over B and T::
+
+    rec * sum((decoder(feat) - symlog(obs))^2) + rew * twohot(reward)
+        + con * bce(continue_logit, 1 - is_terminal) + kl_balanced_loss
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rssm_tf.config import KlBalanceConfig, RssmConfig
+from rssm_tf.heads import make_decoder
+from rssm_tf.latents import latent_distribution, uniform_noise
+from rssm_tf.losses import TwohotEncoder, kl_balanced_loss
+from rssm_tf.math import symexp, symlog
+from rssm_tf.rssm import Rssm
+from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
+
+BATCH_KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
+METRIC_NAMES = ("loss", "rec", "rew", "con", "dyn", "rep", "kl", "prior_ent",
+                "post_ent", "grad_norm")
+
+
+def default_optimizer() -> keras.optimizers.Optimizer:
+    """DreamerV3's world-model optimiser: Adam, learning rate 1e-4, epsilon 1e-8,
+    gradients clipped to a global norm of 1000."""
+    return keras.optimizers.Adam(learning_rate=1e-4, epsilon=1e-8, global_clipnorm=1000.0)
+
+
+@keras.saving.register_keras_serializable(package="rssm_tf")
+class WorldModel(keras.Model):
+    """DreamerV3's world model: encoder, :class:`Rssm`, decoder, reward and continue
+    heads, with the world-model loss in ``train_step``/``test_step``.
+
+    Args:
+        config: :class:`RssmConfig` (or its dict).
+        kl: :class:`KlBalanceConfig` (dyn 0.5, rep 0.1, free nats 1).
+        twohot: the reward's :class:`TwohotEncoder` (255 symlog bins in [-20, 20]).
+        rec_scale, rew_scale, con_scale: loss weights (1, 1, 1).
+        seed: seeds the latent sampling noise of training (derived from the optimiser's
+            step, so an interrupted run resumed from a checkpoint draws the same noise).
+        check_numerics: reject NaN/Inf in a batch with an error naming the tensor
+            (``tf.debugging`` checks in the compiled step; off for a little speed).
+    """
+
+    def __init__(self, config: RssmConfig | dict, kl: KlBalanceConfig | dict | None = None,
+                 twohot: TwohotEncoder | dict | None = None, rec_scale: float = 1.0,
+                 rew_scale: float = 1.0, con_scale: float = 1.0, seed: int = 0,
+                 check_numerics: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = RssmConfig.from_dict(config)
+        if isinstance(kl, dict):
+            kl = KlBalanceConfig.from_dict(kl)
+        for name, value in (("rec_scale", rec_scale), ("rew_scale", rew_scale),
+                            ("con_scale", con_scale)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.config = config
+        self.kl = kl or KlBalanceConfig()
+        self.rec_scale, self.rew_scale, self.con_scale = rec_scale, rew_scale, con_scale
+        self.seed = seed
+        self.check_numerics = check_numerics
+        self.rssm = Rssm(config, twohot=twohot, seed=seed, name="rssm",
+                         dtype=self.dtype_policy)
+        self.decoder = make_decoder(config, dtype=self.dtype_policy)
+        self.decoder.build((None, config.feat_size))
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+        self.built = True
+
+    @property
+    def twohot(self) -> TwohotEncoder:
+        return self.rssm.twohot
+
+    @property
+    def metrics(self) -> list:
+        return list(self.trackers.values())
+
+    def compile(self, optimizer: keras.optimizers.Optimizer | str | None = None,
+                jit_compile: bool | None = None, **kwargs: Any) -> None:
+        """``compile()`` alone: :func:`default_optimizer` and XLA.
+
+        ``jit_compile=None`` means True, except under a strategy with several replicas
+        on CPU devices (XLA cannot reach one logical CPU's variables from another), where
+        the step runs as a plain ``tf.function``. The loss is built in; ``loss=`` is
+        not accepted.
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError("WorldModel computes its own loss; do not pass loss=")
+        if jit_compile is None:
+            strategy = self.distribute_strategy
+            jit_compile = strategy.num_replicas_in_sync == 1 or not all(
+                "CPU" in d.upper() for d in strategy.extended.worker_devices)
+            if not jit_compile:
+                print("WorldModel.compile: several replicas on CPU devices; XLA is off "
+                      "for this strategy")
+        super().compile(optimizer=optimizer or default_optimizer(),
+                        jit_compile=jit_compile, **kwargs)
+
+    def get_compile_config(self) -> dict[str, Any] | None:
+        return super().get_compile_config()
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Re-compiles a loaded model with its saved optimiser (``.keras`` loading)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        self.optimizer.build(self.trainable_variables)
+
+    # ------------------------------------------------------------- inputs
+    def validate_batch(self, data: Any) -> dict[str, tf.Tensor]:
+        """The batch dict, checked: keys, shapes [B, T, ...], dtypes, finiteness."""
+        if isinstance(data, (tuple, list)) and len(data) >= 1:
+            data = data[0]
+        if not isinstance(data, dict):
+            raise TypeError(f"a batch must be a dict with keys {list(BATCH_KEYS)}, "
+                            f"got {type(data).__name__}")
+        missing = [k for k in BATCH_KEYS if k not in data]
+        if missing:
+            raise ValueError(f"batch is missing key(s) {missing}; expected "
+                             f"{list(BATCH_KEYS)}")
+        c = self.config
+        batch = {k: as_float_tensor(k, data[k]) for k in BATCH_KEYS}
+        check_shape("obs", batch["obs"], ["B", "T", c.obs_dim])
+        check_shape("action", batch["action"], ["B", "T", c.action_dim])
+        for key in ("reward", "is_first", "is_terminal"):
+            check_shape(key, batch[key], ["B", "T"])
+        for axis, what in ((0, "batch size"), (1, "sequence length")):
+            check_same(list(BATCH_KEYS), [batch[k].shape[axis] for k in BATCH_KEYS], what)
+        if self.check_numerics:
+            batch = {k: check_finite(k, v) for k, v in batch.items()}
+        return batch
+
+    # --------------------------------------------------------------- loss
+    def call(self, inputs: dict, training: bool = False) -> dict[str, tf.Tensor]:
+        """Posterior pass over a batch: decoded ``obs`` [B, T, O], ``reward`` [B, T],
+        ``continue_prob`` [B, T] and the logits (mode latents)."""
+        batch = self.validate_batch(inputs)
+        states, post, prior = self.rssm.observe(batch["obs"], batch["action"],
+                                                batch["is_first"], sample=False)
+        return self._heads(states, post, prior)
+
+    def _heads(self, states, post, prior) -> dict[str, tf.Tensor]:
+        rew_logits = self.rssm.predict_reward(states.h, states.z)
+        cont_logits = self.rssm.predict_continue(states.h, states.z)[..., 0]
+        recon = tf.cast(self.decoder(states.feat()), "float32")
+        return {"obs": symexp(recon), "recon_symlog": recon,
+                "reward": self.rssm.decode_reward(rew_logits), "reward_logits": rew_logits,
+                "continue_prob": tf.sigmoid(cont_logits), "continue_logits": cont_logits,
+                "post_logits": post, "prior_logits": prior}
+
+    def compute_losses(self, batch: dict[str, tf.Tensor], noise: tf.Tensor | None = None
+                       ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """Scalar loss and the mean of each term, for a validated batch.
+
+        ``noise`` [B, T, S, K] uniform samples the posterior; ``None`` uses the mode.
+        """
+        states, post, prior = self.rssm.observe(batch["obs"], batch["action"],
+                                                batch["is_first"], sample=False,
+                                                noise=noise)
+        out = self._heads(states, post, prior)
+        rec = tf.reduce_sum(tf.square(out["recon_symlog"] - symlog(batch["obs"])), -1)
+        rew = self.twohot.loss(out["reward_logits"], batch["reward"])
+        con = tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=1.0 - batch["is_terminal"], logits=out["continue_logits"])
+        kl = kl_balanced_loss(post, prior, self.kl)
+        loss = tf.reduce_mean(self.rec_scale * rec + self.rew_scale * rew
+                              + self.con_scale * con) + kl.loss
+        logs = {"loss": loss, "rec": tf.reduce_mean(rec), "rew": tf.reduce_mean(rew),
+                "con": tf.reduce_mean(con), "dyn": tf.reduce_mean(kl.dyn),
+                "rep": tf.reduce_mean(kl.rep), "kl": tf.reduce_mean(kl.kl),
+                "prior_ent": tf.reduce_mean(latent_distribution(prior).entropy()),
+                "post_ent": tf.reduce_mean(latent_distribution(post).entropy())}
+        return loss, logs
+
+    def _training_noise(self, batch: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Uniform noise for the posterior samples of this step.
+
+        A stateless function of (seed, optimiser step): runs and resumed runs repeat
+        exactly. Each replica takes its rows of the global batch's noise, so a
+        distributed step samples what one device would for the same global batch.
+        """
+        c = self.config
+        local = tf.shape(batch["obs"])[0]
+        replica = tf.distribute.get_replica_context()
+        index, replicas = 0, 1
+        if replica is not None:
+            index, replicas = replica.replica_id_in_sync_group, replica.num_replicas_in_sync
+        shape = tf.stack([local * replicas, tf.shape(batch["obs"])[1], c.n_categories,
+                          c.n_classes])
+        seed = tf.stack([tf.constant(self.seed, tf.int32),
+                         tf.cast(self.optimizer.iterations, tf.int32)])
+        noise = uniform_noise(shape, seed)
+        return noise[local * index:local * (index + 1)]
+
+    def _update_trackers(self, logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        for name, value in logs.items():
+            self.trackers[name].update_state(value)
+        return {name: self.trackers[name].result() for name in logs}
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        batch = self.validate_batch(data)
+        noise = self._training_noise(batch)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            loss, logs = self.compute_losses(batch, noise)
+            # Gradients are summed over replicas: scale as Keras' own losses do.
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        # The norm of this replica's gradient of the (unscaled) loss.
+        grad_norm = tf.linalg.global_norm(grads) * replicas
+        scale = getattr(self.optimizer, "dynamic_scale", None)
+        if scale is not None:
+            grad_norm = grad_norm / tf.cast(scale, grad_norm.dtype)
+        self.optimizer.apply(grads, variables)
+        # A step that loss scaling skips (non-finite gradients) leaves the metric alone.
+        finite = tf.math.is_finite(grad_norm)
+        self.trackers["grad_norm"].update_state(tf.where(finite, grad_norm, 0.0),
+                                                sample_weight=tf.cast(finite, tf.float32))
+        logs = self._update_trackers(logs)
+        logs["grad_norm"] = self.trackers["grad_norm"].result()
+        return logs
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        batch = self.validate_batch(data)
+        _, logs = self.compute_losses(batch, None)
+        return self._update_trackers(logs)
+
+    # ---------------------------------------------------------- open loop
+    def open_loop(self, obs: Any, action: Any, is_first: Any, context: int,
+                  horizon: int) -> dict[str, tf.Tensor]:
+        """Observe ``context`` steps with the posterior, then imagine ``horizon`` steps
+        with the recorded actions and the prior's mode (no sampling).
+
+        ``obs`` [B, >= context + horizon, O], ``action`` [B, ..., A], ``is_first``
+        [B, ...]. Returns ``obs`` [B, horizon, O] (decoded, raw space), ``reward``
+        [B, horizon], ``continue_prob`` [B, horizon] and ``context_obs``
+        [B, context, O] (reconstructions).
+        """
+        if not isinstance(context, int) or context < 1:
+            raise ValueError(f"context must be an integer >= 1, got {context!r}")
+        if not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
+        obs = as_float_tensor("obs", obs)
+        length = obs.shape[1]
+        if length is not None and length < context + horizon:
+            raise ValueError(f"obs must have at least context + horizon = "
+                             f"{context + horizon} steps, got {length}")
+        action = as_float_tensor("action", action)
+        is_first = as_float_tensor("is_first", is_first)
+        states, _, _ = self.rssm.observe(obs[:, :context], action[:, :context],
+                                         is_first[:, :context], sample=False)
+        last = type(states)(states.h[:, -1], states.z[:, -1])
+        imagined, _ = self.rssm.imagine(last, action[:, context:context + horizon],
+                                        sample=False)
+        dream = self._decode(imagined)
+        dream["context_obs"] = self._decode(states)["obs"]
+        return dream
+
+    def _decode(self, states) -> dict[str, tf.Tensor]:
+        recon = tf.cast(self.decoder(states.feat()), "float32")
+        return {"obs": symexp(recon),
+                "reward": self.rssm.decode_reward(self.rssm.predict_reward(states.h,
+                                                                           states.z)),
+                "continue_prob": tf.sigmoid(self.rssm.predict_continue(states.h,
+                                                                       states.z)[..., 0])}
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(config=self.config.to_dict(), kl=self.kl.to_dict(),
+                      twohot=self.twohot.get_config(), rec_scale=self.rec_scale,
+                      rew_scale=self.rew_scale, con_scale=self.con_scale, seed=self.seed,
+                      check_numerics=self.check_numerics)
+        return config
+
+
+def evaluate_open_loop(model: WorldModel, episodes: list[dict[str, np.ndarray]],
+                       context: int = 5, horizon: int = 15,
+                       batch_size: int = 64) -> dict[str, Any]:
+    """Open-loop prediction error on ``episodes`` (dicts in the episode format).
+
+    Every episode with at least ``context + horizon`` steps gives its non-overlapping
+    windows. Returns per-horizon-step lists ``obs_mse``, ``reward_mse`` (raw space),
+    the same for a per-dimension mean predictor (``mean_obs_mse``,
+    ``mean_reward_mse``, the mean over the evaluated episodes' steps), and
+    ``windows``, the number of windows.
+    """
+    span = context + horizon
+    windows = [{k: ep[k][s:s + span] for k in BATCH_KEYS}
+               for ep in episodes
+               for s in range(0, len(ep["obs"]) - span + 1, span)]
+    if not windows:
+        raise ValueError(f"no episode has context + horizon = {span} steps")
+    obs_mean = np.concatenate([ep["obs"] for ep in episodes]).mean(0)
+    rew_mean = float(np.concatenate([ep["reward"] for ep in episodes]).mean())
+    obs_se, rew_se, base_obs_se, base_rew_se = [], [], [], []
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i:i + batch_size]
+        b = {k: np.stack([w[k] for w in chunk]).astype("float32") for k in BATCH_KEYS}
+        b["is_first"][:, 0] = 1.0
+        pred = model.open_loop(b["obs"], b["action"], b["is_first"], context, horizon)
+        true_obs = b["obs"][:, context:]
+        true_rew = b["reward"][:, context:]
+        obs_se.append(((pred["obs"].numpy() - true_obs) ** 2).mean(-1))
+        rew_se.append((pred["reward"].numpy() - true_rew) ** 2)
+        base_obs_se.append(((obs_mean - true_obs) ** 2).mean(-1))
+        base_rew_se.append((rew_mean - true_rew) ** 2)
+
+    def per_step(parts: list[np.ndarray]) -> list[float]:
+        return np.concatenate(parts).mean(0).astype(float).tolist()
+
+    return {"obs_mse": per_step(obs_se), "reward_mse": per_step(rew_se),
+            "mean_obs_mse": per_step(base_obs_se), "mean_reward_mse": per_step(base_rew_se),
+            "windows": len(windows), "context": context, "horizon": horizon}

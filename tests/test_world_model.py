@@ -1,0 +1,248 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rssm_tf import RssmConfig
+from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard, NonFiniteMetricError
+from rssm_tf.saving import ModelFileError, load_world_model, save_world_model
+from rssm_tf.world_model import METRIC_NAMES, WorldModel, evaluate_open_loop
+
+CONFIG = RssmConfig(obs_dim=3, action_dim=2, deterministic_size=16, n_categories=4,
+                    n_classes=4, hidden_size=16, n_blocks=2)
+
+
+def sine_batches(n, b=4, t=8, seed=0):
+    """Windows of a damped oscillator driven by the actions: learnable dynamics."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        action = rng.uniform(-1, 1, size=(b, t, 2)).astype("float32")
+        phase = rng.uniform(0, 6, size=(b, 1))
+        steps = np.arange(t)[None]
+        obs = np.stack([np.sin(phase + 0.3 * steps), np.cos(phase + 0.3 * steps),
+                        np.cumsum(action[..., 0], 1) * 0.1], -1).astype("float32")
+        first = np.zeros((b, t), "float32")
+        first[:, 0] = 1
+        out.append({"obs": obs, "action": action, "reward": obs[..., 0].copy(),
+                    "is_first": first, "is_terminal": np.zeros((b, t), "float32")})
+    return out
+
+
+def as_dataset(batches):
+    return tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([b[k] for b in batches]) for k in batches[0]})
+
+
+def test_initial_reward_loss_is_log_bins():
+    model = WorldModel(CONFIG)
+    batch = model.validate_batch(sine_batches(1)[0])
+    _, logs = model.compute_losses(batch)
+    # the zero-initialised reward head gives uniform logits: loss = log(255)
+    np.testing.assert_allclose(logs["rew"].numpy(), np.log(255.0), rtol=1e-6)
+    assert logs["dyn"].numpy() >= 1.0 and logs["rep"].numpy() >= 1.0  # free nats
+
+
+def test_fit_with_defaults_logs_every_metric_and_learns():
+    keras.utils.set_random_seed(0)
+    model = WorldModel(CONFIG)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    assert model.jit_compile is True
+    history = model.fit(as_dataset(sine_batches(40)).batch(1).map(
+        lambda d: {k: v[0] for k, v in d.items()}), epochs=3, verbose=0)
+    assert set(METRIC_NAMES) <= set(history.history)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
+    default = WorldModel(CONFIG)
+    default.compile()
+    opt = default.optimizer
+    assert np.float32(opt.learning_rate) == np.float32(1e-4)
+    assert (opt.epsilon, opt.global_clipnorm) == (1e-8, 1000.0)
+
+
+def test_validation_data_uses_test_step():
+    model = WorldModel(CONFIG)
+    model.compile()
+    data = as_dataset(sine_batches(4)).batch(1).map(lambda d: {k: v[0] for k, v in d.items()})
+    history = model.fit(data, validation_data=data, epochs=1, verbose=0)
+    assert "val_loss" in history.history and "val_kl" in history.history
+
+
+def test_keras_round_trip_and_resume_are_exact(tmp_path):
+    tf.config.experimental.enable_op_determinism()
+    batches = sine_batches(8)
+
+    def fit(model, part):
+        model.fit(as_dataset(part).batch(1).map(lambda d: {k: v[0] for k, v in d.items()}),
+                  epochs=1, verbose=0, shuffle=False)
+
+    keras.utils.set_random_seed(1)
+    straight = WorldModel(CONFIG, seed=5)
+    straight.compile(optimizer=keras.optimizers.Adam(1e-3))
+    fit(straight, batches)
+
+    keras.utils.set_random_seed(1)
+    first = WorldModel(CONFIG, seed=5)
+    first.compile(optimizer=keras.optimizers.Adam(1e-3))
+    fit(first, batches[:4])
+    path = save_world_model(first, tmp_path / "model.keras")
+    resumed = load_world_model(path)
+    assert int(resumed.optimizer.iterations) == 4
+    out_a, out_b = first(batches[0]), resumed(batches[0])
+    for key in ("obs", "reward", "continue_prob", "post_logits"):
+        np.testing.assert_array_equal(out_a[key].numpy(), out_b[key].numpy())
+    for a, b in zip(first.optimizer.variables, resumed.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    fit(resumed, batches[4:])
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_finite_loss(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = WorldModel(CONFIG)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        history = model.fit(as_dataset(sine_batches(6)).batch(1).map(
+            lambda d: {k: v[0] for k, v in d.items()}), epochs=1, verbose=0)
+        out = model(sine_batches(1)[0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert {k: v for k, v in history.history.items() if not np.isfinite(v[-1])} == {}
+    assert model.rssm.gru.norm.dtype_policy.compute_dtype == "float32"
+    assert model.rssm.inp_h.dense.compute_dtype == policy.split("_")[1]
+    assert out["post_logits"].dtype == tf.float32 and out["reward"].dtype == tf.float32
+    if policy == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_mirrored_strategy_matches_single_device(tmp_path):
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np, tensorflow as tf, keras
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, sys.argv[1])
+        from test_world_model import CONFIG, sine_batches
+        from rssm_tf.world_model import WorldModel
+        batches = sine_batches(3, b=4)
+        def data():
+            return tf.data.Dataset.from_tensor_slices(
+                {k: np.stack([b[k] for b in batches]) for k in batches[0]}).unbatch().batch(4)
+        keras.utils.set_random_seed(0)
+        single = WorldModel(CONFIG, check_numerics=False)
+        weights = single.get_weights()
+        single.compile(optimizer=keras.optimizers.Adam(1e-3))
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            mirrored = WorldModel(CONFIG, check_numerics=False)
+            mirrored.set_weights(weights)
+            mirrored.compile(optimizer=keras.optimizers.Adam(1e-3))
+        out = {"replicas": strategy.num_replicas_in_sync}
+        out["eval_single"] = single.evaluate(data(), verbose=0, return_dict=True)["loss"]
+        out["eval_mirrored"] = mirrored.evaluate(data(), verbose=0, return_dict=True)["loss"]
+        out["fit_single"] = single.fit(data(), verbose=0).history["loss"][-1]
+        out["fit_mirrored"] = mirrored.fit(data(), verbose=0).history["loss"][-1]
+        out["weights"] = float(max(np.abs(a - b).max() for a, b in
+                                   zip(single.get_weights(), mirrored.get_weights())))
+        print("RESULT" + json.dumps(out))
+    """)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    out = json.loads(line[0][6:])
+    assert out["replicas"] == 2
+    np.testing.assert_allclose(out["eval_mirrored"], out["eval_single"], rtol=1e-5)
+    np.testing.assert_allclose(out["fit_mirrored"], out["fit_single"], rtol=1e-4)
+    assert out["weights"] < 1e-4
+
+
+def test_open_loop_and_evaluation_baseline():
+    model = WorldModel(CONFIG)
+    eps = [{"obs": np.tile(np.arange(20, dtype="float32")[:, None], (1, 3)),
+            "action": np.zeros((20, 2), "float32"), "reward": np.zeros(20, "float32"),
+            "is_first": np.eye(1, 20, dtype="float32")[0],
+            "is_terminal": np.zeros(20, "float32")}] * 2
+    pred = model.open_loop(eps[0]["obs"][None], eps[0]["action"][None],
+                           eps[0]["is_first"][None], 5, 15)
+    assert pred["obs"].shape == (1, 15, 3) and pred["reward"].shape == (1, 15)
+    assert pred["context_obs"].shape == (1, 5, 3)
+    result = evaluate_open_loop(model, eps, context=5, horizon=15)
+    assert result["windows"] == 2
+    # the mean predictor says 9.5 everywhere; the truth at horizon step i is 5 + i
+    np.testing.assert_allclose(result["mean_obs_mse"], (np.arange(5, 20) - 9.5) ** 2)
+    np.testing.assert_allclose(result["mean_reward_mse"], 0.0)
+    with pytest.raises(ValueError, match="context \\+ horizon = 30"):
+        evaluate_open_loop(model, eps, context=10, horizon=20)
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (lambda b: b.pop("reward"), ValueError, r"missing key\(s\) \['reward'\]"),
+    (lambda b: b.update(obs=b["obs"][..., :2]), ValueError, r"obs must have shape \[B, T, 3\]"),
+    (lambda b: b.update(is_first=b["is_first"][:, :5]), ValueError, "sequence length"),
+    (lambda b: b["reward"].__setitem__((0, 1), np.inf), ValueError, "reward contains NaN"),
+])
+def test_bad_batches_are_named(change, error, words):
+    model = WorldModel(CONFIG)
+    batch = sine_batches(1)[0]
+    change(batch)
+    with pytest.raises(error, match=words):
+        model.validate_batch(batch)
+
+
+def test_nan_in_fit_data_is_named_in_compiled_step():
+    model = WorldModel(CONFIG)
+    model.compile()
+    batch = sine_batches(1)[0]
+    batch["obs"][0, 2, 1] = np.nan
+    data = tf.data.Dataset.from_tensors(batch)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="obs contains NaN"):
+        model.fit(data, verbose=0)
+
+
+def test_non_finite_guard_names_the_metric():
+    guard = NonFiniteGuard()
+    guard.set_model(WorldModel(CONFIG))
+    guard.on_train_batch_end(0, {"loss": 1.0, "rec": 0.5})
+    with pytest.raises(NonFiniteMetricError, match="'rec' became nan at epoch 1, batch 3"):
+        guard.on_train_batch_end(2, {"loss": 1.0, "rec": float("nan")})
+    assert guard.model.stop_training
+
+
+def test_imagination_png_and_tensorboard(tmp_path):
+    model = WorldModel(CONFIG)
+    model.compile()
+    batch = sine_batches(1, b=1, t=20)[0]
+    episode = {k: v[0] for k, v in batch.items()}
+    callback = ImaginationCallback([episode], tmp_path / "png", log_dir=str(tmp_path / "tb"))
+    model.fit(tf.data.Dataset.from_tensors(sine_batches(1)[0]), epochs=2, verbose=0,
+              callbacks=[callback, keras.callbacks.TensorBoard(str(tmp_path / "tb"))])
+    pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert pngs == ["imagination_epoch1.png", "imagination_epoch2.png"]
+    assert (tmp_path / "png" / pngs[0]).read_bytes()[:4] == b"\x89PNG"
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_world_model(tmp_path / "missing.keras")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelFileError, match="expected a .keras file"):
+        load_world_model(tmp_path / "notes.txt")
+    (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ModelFileError, match="broken.keras"):
+        load_world_model(tmp_path / "broken.keras")
+    other = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    other.save(tmp_path / "other.keras")
+    with pytest.raises(ModelFileError, match="not a rssm_tf WorldModel"):
+        load_world_model(tmp_path / "other.keras")
