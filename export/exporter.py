@@ -1,0 +1,184 @@
+"""From a trained ``.keras`` world model to a served tree::
+
+    OUT/saved_model/NAME/VERSION/   SavedModel (tensorflow_model_server's layout)
+    OUT/onnx/<signature>.onnx       one ONNX file per signature but initial_state
+    OUT/manifest.json               config, signatures, versions, file hashes
+    OUT/parity.json                 the parity report (see export.parity)
+
+The version directory is written under a hidden temporary name and renamed when
+complete, so a server polling ``OUT/saved_model/NAME`` never sees half a version; an
+existing version is never overwritten. ONNX files, the manifest and the report are
+each written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from export.module import SIGNATURES, InferenceModule
+from export.parity import format_table, parity_report
+from rssm_tf.saving import load_world_model
+
+OPSET = 17
+ONNX_SIGNATURES = tuple(s for s in SIGNATURES if s != "initial_state")
+
+
+class ExportError(RuntimeError):
+    """The export could not be completed; the message says which step and why."""
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ExportError(f"--out {out}: the output directory is not writable "
+                          f"({error.strerror or error})") from None
+
+
+def next_version(model_dir: Path) -> int:
+    """1 + the largest numeric version under ``model_dir`` (1 when there is none)."""
+    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and p.is_dir()]
+    return max(versions, default=0) + 1
+
+
+def write_json(path: Path, value: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def save_version(module: InferenceModule, model_dir: Path, version: int) -> Path:
+    """Writes the SavedModel to ``model_dir/.tmp-VERSION-*`` and renames it."""
+    target = model_dir / str(version)
+    if target.exists():
+        raise ExportError(f"version {version} already exists at {target}; versions are "
+                          "never overwritten (omit --version for the next number)")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    try:
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def convert_onnx(saved_model: Path, onnx_dir: Path, signatures: tuple[str, ...] = ONNX_SIGNATURES,
+                 workers: int = 2) -> list[Path]:
+    """Converts each signature with ``python -m tf2onnx.convert --saved-model ...
+    --signature_def NAME``, into a temporary file renamed to ``onnx_dir/NAME.onnx``."""
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+
+    def one(name: str) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".onnx", dir=onnx_dir)
+        os.close(fd)
+        command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
+                   "--signature_def", name, "--opset", str(OPSET), "--output", tmp]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+        if proc.returncode != 0:
+            Path(tmp).unlink(missing_ok=True)
+            raise ExportError(f"tf2onnx failed on signature {name}:\n{proc.stderr[-3000:]}")
+        target = onnx_dir / f"{name}.onnx"
+        os.replace(tmp, target)
+        return target
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, signatures))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe_signatures(saved_model: Path) -> dict[str, Any]:
+    """Input and output names, shapes and dtypes of each signature, as loaded."""
+    loaded = tf.saved_model.load(str(saved_model))
+    out = {}
+    for name, fn in sorted(loaded.signatures.items()):
+        inputs = fn.structured_input_signature[1]
+        out[name] = {
+            "inputs": {k: {"shape": v.shape.as_list(), "dtype": v.dtype.name}
+                       for k, v in sorted(inputs.items())},
+            "outputs": {k: {"shape": v.shape.as_list(), "dtype": v.dtype.name}
+                        for k, v in sorted(fn.structured_outputs.items())},
+        }
+    return out
+
+
+def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: str = "rssm",
+                 version: int | None = None, onnx: bool = True, parity: bool = True,
+                 verbose: bool = True) -> dict[str, Any]:
+    """Exports ``model_path`` into ``out``; returns the manifest (with the parity
+    result under ``parity`` when computed). Raises :class:`ExportError` or
+    ``rssm_tf.saving.ModelFileError`` with a message naming the problem."""
+    out = Path(out)
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ExportError(f"--name must be letters, digits, '-' or '_', got {name!r}")
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise ExportError(f"--version must be a positive integer, got {version!r}")
+    model = load_world_model(model_path, compile=False)
+    _check_writable(out)
+    module = InferenceModule(model)
+    model_dir = out / "saved_model" / name
+    version = version or next_version(model_dir)
+    log = print if verbose else (lambda *a, **k: None)
+    log(f"export: writing SavedModel version {version} to {model_dir}")
+    saved = save_version(module, model_dir, version)
+    files = {str(p.relative_to(out)): _sha256(p) for p in sorted(saved.rglob("*")) if p.is_file()}
+    onnx_dir = None
+    if onnx:
+        log(f"export: converting {len(ONNX_SIGNATURES)} signatures to ONNX (opset {OPSET})")
+        onnx_dir = out / "onnx"
+        for path in convert_onnx(saved, onnx_dir):
+            files[str(path.relative_to(out))] = _sha256(path)
+    manifest = {
+        "name": name, "version": version, "saved_model": str(saved.relative_to(out)),
+        "config": model.config.to_dict(), "twohot": model.twohot.get_config(),
+        "signatures": describe_signatures(saved),
+        "onnx": {"opset": OPSET, "files": [f"onnx/{s}.onnx" for s in ONNX_SIGNATURES]}
+        if onnx else None,
+        "versions": {p: _version_of(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx",
+                                                 "onnxruntime", "rssm-tf")},
+        "files": files,
+    }
+    if parity:
+        log("export: checking parity (eager, tf.function, XLA, SavedModel in a fresh "
+            "process" + (", ONNX Runtime)" if onnx else ")"))
+        report = parity_report(module, saved, onnx_dir)
+        write_json(out / "parity.json", report)
+        log(format_table(report))
+        manifest["parity"] = {"passed": report["passed"],
+                              "max_abs_diff": {k: v["max_abs_diff"]
+                                               for k, v in report["backends"].items()}}
+    write_json(out / "manifest.json", manifest)
+    log(f"export: done: {saved}" + (f" and {onnx_dir}" if onnx_dir else ""))
+    return manifest

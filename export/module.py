@@ -1,0 +1,135 @@
+"""The serving graph: a ``tf.Module`` with the fixed signatures of SPEC section 6.
+
+=================  ====================================  ==========================================
+signature          inputs                                outputs
+=================  ====================================  ==========================================
+initial_state      batch_size int32 []                   h, z
+obs_step           h, z, action, obs                     h_next, z_next, post_logits, prior_logits
+imagine_step       h, z, action                          h_next, z_next, prior_logits
+predict            h, z                                  reward, reward_logits, continue_prob,
+                                                         continue_logits
+imagine            h, z, actions [B, T, A]               h_seq, z_seq, reward, continue_prob
+=================  ====================================  ==========================================
+
+Each stochastic signature ``X`` has ``X_mode`` (argmax) and ``X_noise`` (extra input
+``noise`` uniform in (0, 1), [B, S, K] or [B, T, S, K] for ``imagine``; Gumbel-max).
+``serving_default`` is ``obs_step``. All tensors float32, batch dimension dynamic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from rssm_tf import RssmState
+from rssm_tf.world_model import WorldModel
+
+STOCHASTIC = ("obs_step", "imagine_step", "imagine")
+SIGNATURES = ("initial_state", "predict") + tuple(
+    f"{name}{suffix}" for name in STOCHASTIC for suffix in ("", "_mode", "_noise"))
+
+
+class InferenceModule(tf.Module):
+    """Wraps a :class:`WorldModel`'s RSSM in the serving signatures.
+
+    The functions are plain Python methods (``obs_step(h, z, action, obs, noise=None,
+    mode=False)`` and so on) so that the same code can be run eagerly, as a
+    ``tf.function`` or under XLA for the parity report; :meth:`signatures` binds them
+    to fixed input specs for ``tf.saved_model.save``.
+    """
+
+    def __init__(self, model: WorldModel) -> None:
+        super().__init__(name="rssm_world_model")
+        self.model = model
+        self.rssm = model.rssm
+        c = model.config
+        self.config = c
+        f32 = tf.float32
+        self.specs = {
+            "h": tf.TensorSpec([None, c.deterministic_size], f32, name="h"),
+            "z": tf.TensorSpec([None, c.stoch_size], f32, name="z"),
+            "action": tf.TensorSpec([None, c.action_dim], f32, name="action"),
+            "obs": tf.TensorSpec([None, c.obs_dim], f32, name="obs"),
+            "actions": tf.TensorSpec([None, None, c.action_dim], f32, name="actions"),
+            "noise": tf.TensorSpec([None, c.n_categories, c.n_classes], f32, name="noise"),
+            "noise_seq": tf.TensorSpec([None, None, c.n_categories, c.n_classes], f32,
+                                       name="noise"),
+        }
+
+    # ------------------------------------------------------------ functions
+    def _noise(self, noise: tf.Tensor | None, mode: bool, like: tf.Tensor) -> Any:
+        """The noise a sampling step uses: given, none (mode), or fresh uniform."""
+        if noise is not None or mode:
+            return noise
+        c = self.config
+        shape = tf.concat([tf.shape(like)[:-1], [c.n_categories, c.n_classes]], 0)
+        return tf.random.uniform(shape, 1e-6, 1.0 - 1e-6)
+
+    def initial_state(self, batch_size: tf.Tensor) -> dict[str, tf.Tensor]:
+        state = self.rssm.initial_state(batch_size)
+        return {"h": state.h, "z": state.z}
+
+    def obs_step(self, h, z, action, obs, noise=None, mode=False) -> dict[str, tf.Tensor]:
+        state, post, prior = self.rssm.obs_step(RssmState(h, z), action, obs, sample=False,
+                                                noise=self._noise(noise, mode, h))
+        return {"h_next": state.h, "z_next": state.z, "post_logits": post,
+                "prior_logits": prior}
+
+    def imagine_step(self, h, z, action, noise=None, mode=False) -> dict[str, tf.Tensor]:
+        state, prior = self.rssm.imagine_step(RssmState(h, z), action, sample=False,
+                                              noise=self._noise(noise, mode, h),
+                                              return_logits=True)
+        return {"h_next": state.h, "z_next": state.z, "prior_logits": prior}
+
+    def predict(self, h, z) -> dict[str, tf.Tensor]:
+        reward_logits = self.rssm.predict_reward(h, z)
+        cont_logits = self.rssm.predict_continue(h, z)[..., 0]
+        return {"reward": self.rssm.decode_reward(reward_logits),
+                "reward_logits": reward_logits, "continue_prob": tf.sigmoid(cont_logits),
+                "continue_logits": cont_logits}
+
+    def imagine(self, h, z, actions, noise=None, mode=False) -> dict[str, tf.Tensor]:
+        noise = self._noise(noise, mode, actions[..., :1]) if noise is None else noise
+        states, _ = self.rssm.imagine(RssmState(h, z), actions, sample=False, noise=noise)
+        out = self.predict(states.h, states.z)
+        return {"h_seq": states.h, "z_seq": states.z, "reward": out["reward"],
+                "continue_prob": out["continue_prob"]}
+
+    # ----------------------------------------------------------- signatures
+    def function(self, name: str) -> tuple[Any, list[tf.TensorSpec]]:
+        """``(fn, specs)`` of a signature: ``fn(**inputs) -> outputs`` (plain Python,
+        so it runs eagerly, in a ``tf.function`` or under XLA) and its input specs."""
+        s = self.specs
+        if name == "initial_state":
+            return self.initial_state, [tf.TensorSpec([], tf.int32, name="batch_size")]
+        if name == "predict":
+            return self.predict, [s["h"], s["z"]]
+        base = name.removesuffix("_mode").removesuffix("_noise")
+        if base not in STOCHASTIC or name not in SIGNATURES:
+            raise ValueError(f"unknown signature {name!r}; expected one of {SIGNATURES}")
+        specs = {"obs_step": [s["h"], s["z"], s["action"], s["obs"]],
+                 "imagine_step": [s["h"], s["z"], s["action"]],
+                 "imagine": [s["h"], s["z"], s["actions"]]}[base]
+        method = getattr(self, base)
+        if name.endswith("_mode"):
+            return (lambda **kw: method(**kw, mode=True)), specs
+        if name.endswith("_noise"):
+            return method, specs + [s["noise_seq"] if base == "imagine" else s["noise"]]
+        return method, specs
+
+    def signatures(self) -> dict[str, Any]:
+        """Concrete functions keyed by signature name (``serving_default`` included)."""
+        concrete = {}
+        for name in SIGNATURES:
+            fn, specs = self.function(name)
+            names = [spec.name for spec in specs]
+
+            def positional(*args, fn=fn, names=names):
+                return fn(**dict(zip(names, args)))
+
+            # Input keys of the signature are the specs' names (h, z, action, ...).
+            concrete[name] = tf.function(positional, input_signature=specs,
+                                         autograph=False).get_concrete_function()
+        concrete["serving_default"] = concrete["obs_step"]
+        return concrete

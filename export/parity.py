@@ -1,0 +1,141 @@
+"""The parity report: the same cases through every way the model can run.
+
+Backends: ``eager`` (the Keras model's own code, op by op; the reference),
+``function`` (``tf.function``), ``xla`` (``jit_compile=True``), ``savedmodel`` (the
+exported SavedModel reloaded in a fresh process that does not import ``rssm_tf``) and
+``onnx`` (ONNX Runtime on the exported files). For each backend and case it records
+the largest absolute difference of every continuous output from the reference and
+whether every ``z`` is identical; the report passes when all ``z`` match and every
+difference is within the tolerance (1e-5).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from export.module import InferenceModule
+from export.runner import Call, load_arrays, make_cases, run_all, save_cases
+
+TOLERANCE = 1e-5
+Z_KEYS = ("z_next", "z_seq")
+
+
+def _tf_call(module: InferenceModule, mode: str) -> Call:
+    cache: dict[str, Any] = {}
+
+    def call(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name not in cache:
+            fn, _ = module.function(name)
+            cache[name] = fn if mode == "eager" else tf.function(
+                fn, jit_compile=(mode == "xla"), autograph=False)
+        out = cache[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+    return call
+
+
+def onnx_call(onnx_dir: str | os.PathLike) -> Call:
+    """Runs signature ``name`` from ``onnx_dir/name.onnx`` with ONNX Runtime."""
+    import onnxruntime as ort
+
+    sessions: dict[str, Any] = {}
+
+    def call(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name not in sessions:
+            sessions[name] = ort.InferenceSession(str(Path(onnx_dir) / f"{name}.onnx"),
+                                                  providers=["CPUExecutionProvider"])
+        session = sessions[name]
+        names = [o.name for o in session.get_outputs()]
+        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+        return dict(zip(names, session.run(None, feed)))
+
+    return call
+
+
+def savedmodel_in_fresh_process(saved_model_dir: str | os.PathLike,
+                                cases: dict[str, dict]) -> tuple[dict, dict]:
+    """Runs ``cases`` through ``python -m export.savedmodel_check``; returns the
+    outputs and the process facts (signatures seen, whether rssm_tf was imported)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cases_path, out_path = Path(tmp) / "cases.npz", Path(tmp) / "out.npz"
+        save_cases(cases_path, cases)
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}"
+               f"{os.environ.get('PYTHONPATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run([sys.executable, "-m", "export.savedmodel_check",
+                               str(saved_model_dir), str(cases_path), str(out_path)],
+                              capture_output=True, text=True, env=env, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the SavedModel at {saved_model_dir} failed to run in a "
+                               f"fresh process:\n{proc.stderr[-4000:]}")
+        outputs = load_arrays(out_path)
+    facts = outputs.pop("__process__")
+    return outputs, {"imported_rssm_tf": bool(facts["imported_rssm_tf"]),
+                     "signatures": [str(s) for s in facts["signatures"]]}
+
+
+def compare(reference: dict[str, dict], other: dict[str, dict]) -> dict[str, Any]:
+    """Per case: max abs difference of each continuous output, and z identity."""
+    cases = {}
+    for case, ref in reference.items():
+        diffs, z_equal = {}, True
+        for key, value in ref.items():
+            got = other[case][key]
+            if key in Z_KEYS:
+                z_equal = z_equal and bool(np.array_equal(value, got))
+            else:
+                diffs[key] = float(np.max(np.abs(value - got))) if value.size else 0.0
+        cases[case] = {"max_abs_diff": diffs, "z_identical": z_equal}
+    worst = max((d for c in cases.values() for d in c["max_abs_diff"].values()), default=0.0)
+    z_all = all(c["z_identical"] for c in cases.values())
+    return {"cases": cases, "max_abs_diff": worst, "z_identical": z_all,
+            "passed": z_all and worst <= TOLERANCE}
+
+
+def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | None,
+                  onnx_dir: str | os.PathLike | None, batch: int = 4, rollout: int = 8,
+                  horizon: int = 15, seed: int = 0) -> dict[str, Any]:
+    """Runs the cases through every available backend and compares with eager."""
+    c = module.config
+    dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
+                                       "obs_dim", "action_dim")}
+    cases = make_cases(dims, batch, rollout, horizon, seed)
+    reference = run_all(_tf_call(module, "eager"), cases)
+    report: dict[str, Any] = {"tolerance": TOLERANCE, "reference": "eager",
+                              "batch": batch, "rollout_steps": rollout, "horizon": horizon,
+                              "cases": {name: case["signature"] for name, case in cases.items()},
+                              "backends": {}}
+    for mode in ("function", "xla"):
+        report["backends"][mode] = compare(reference, run_all(_tf_call(module, mode), cases))
+    if saved_model_dir is not None:
+        outputs, facts = savedmodel_in_fresh_process(saved_model_dir, cases)
+        result = compare(reference, outputs)
+        result.update(facts)
+        result["passed"] = result["passed"] and not facts["imported_rssm_tf"]
+        report["backends"]["savedmodel"] = result
+    if onnx_dir is not None:
+        report["backends"]["onnx"] = compare(reference, run_all(onnx_call(onnx_dir), cases))
+    report["passed"] = all(b["passed"] for b in report["backends"].values())
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a text table: one row per backend."""
+    lines = [f"parity against the Keras model (eager); tolerance {report['tolerance']:g}, "
+             f"batch {report['batch']}, rollout {report['rollout_steps']} steps, "
+             f"imagine {report['horizon']} steps",
+             f"{'backend':<11} {'max |diff|':>11} {'z identical':>12} {'result':>7}"]
+    for name, result in report["backends"].items():
+        lines.append(f"{name:<11} {result['max_abs_diff']:>11.3g} "
+                     f"{str(result['z_identical']):>12} "
+                     f"{'ok' if result['passed'] else 'FAIL':>7}")
+    lines.append("parity: " + ("passed" if report["passed"] else "FAILED"))
+    return "\n".join(lines)

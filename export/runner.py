@@ -1,0 +1,130 @@
+"""Backend-neutral parity cases: inputs for the serving signatures and how to run them.
+
+Needs only numpy, so a fresh process that must not import ``rssm_tf`` (the SavedModel
+check) and the ONNX Runtime check run exactly the same cases as the Keras model.
+
+A case is ``{"signature": name, "inputs": {name: array}}``; a rollout case also has
+``"steps": {name: array [N, ...]}``, fed one step at a time while ``h``/``z`` come
+from the previous step's ``h_next``/``z_next``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+Call = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: int = 15,
+               seed: int = 0) -> dict[str, dict]:
+    """Random inputs for every deterministic signature and two multi-step rollouts.
+
+    ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``obs_dim``,
+    ``action_dim``.
+    """
+    rng = np.random.default_rng(seed)
+    d, s, k = dims["deterministic_size"], dims["n_categories"], dims["n_classes"]
+    o, a = dims["obs_dim"], dims["action_dim"]
+
+    def f32(x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float32)
+
+    h = f32(rng.normal(size=(batch, d)) * 0.5)
+    z = f32(np.eye(k)[rng.integers(0, k, (batch, s))].reshape(batch, s * k))
+    action = f32(rng.uniform(-1, 1, (batch, a)))
+    obs = f32(rng.normal(size=(batch, o)))
+    noise = f32(rng.uniform(0.001, 0.999, (batch, s, k)))
+    actions = f32(rng.uniform(-1, 1, (batch, horizon, a)))
+    noise_seq = f32(rng.uniform(0.001, 0.999, (batch, horizon, s, k)))
+    steps = {"action": f32(rng.uniform(-1, 1, (rollout, batch, a))),
+             "obs": f32(rng.normal(size=(rollout, batch, o))),
+             "noise": f32(rng.uniform(0.001, 0.999, (rollout, batch, s, k)))}
+    zeros = {"h": np.zeros_like(h), "z": np.zeros_like(z)}
+    return {
+        "obs_step_noise": {"signature": "obs_step_noise",
+                           "inputs": dict(h=h, z=z, action=action, obs=obs, noise=noise)},
+        "obs_step_mode": {"signature": "obs_step_mode",
+                          "inputs": dict(h=h, z=z, action=action, obs=obs)},
+        "imagine_step_noise": {"signature": "imagine_step_noise",
+                               "inputs": dict(h=h, z=z, action=action, noise=noise)},
+        "imagine_step_mode": {"signature": "imagine_step_mode",
+                              "inputs": dict(h=h, z=z, action=action)},
+        "predict": {"signature": "predict", "inputs": dict(h=h, z=z)},
+        "imagine_noise": {"signature": "imagine_noise",
+                          "inputs": dict(h=h, z=z, actions=actions, noise=noise_seq)},
+        "imagine_mode": {"signature": "imagine_mode",
+                         "inputs": dict(h=h, z=z, actions=actions)},
+        "rollout_obs_step_noise": {"signature": "obs_step_noise", "inputs": zeros,
+                                   "steps": steps},
+        "rollout_obs_step_mode": {"signature": "obs_step_mode", "inputs": zeros,
+                                  "steps": {k_: v for k_, v in steps.items()
+                                            if k_ != "noise"}},
+    }
+
+
+def run_case(call: Call, case: dict) -> dict[str, np.ndarray]:
+    """Outputs of one case through ``call(signature, inputs)``; rollouts stack each
+    output over the steps ([N, ...])."""
+    if "steps" not in case:
+        return {k: np.asarray(v) for k, v in call(case["signature"], case["inputs"]).items()}
+    h, z = case["inputs"]["h"], case["inputs"]["z"]
+    outputs: dict[str, list] = {}
+    count = len(next(iter(case["steps"].values())))
+    for t in range(count):
+        inputs = {"h": h, "z": z, **{k: v[t] for k, v in case["steps"].items()}}
+        out = call(case["signature"], inputs)
+        for key, value in out.items():
+            outputs.setdefault(key, []).append(np.asarray(value))
+        h, z = np.asarray(out["h_next"]), np.asarray(out["z_next"])
+    return {k: np.stack(v) for k, v in outputs.items()}
+
+
+def run_all(call: Call, cases: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
+    return {name: run_case(call, case) for name, case in cases.items()}
+
+
+def save_arrays(path: str | Path, nested: dict[str, dict]) -> None:
+    """Saves ``{case: {kind: {key: array}}}`` or ``{case: {key: array}}`` as one npz."""
+    flat, layout = {}, {}
+    for case, parts in nested.items():
+        layout[case] = {}
+        for part, value in parts.items():
+            if isinstance(value, dict):
+                layout[case][part] = sorted(value)
+                for key, array in value.items():
+                    flat[f"{case}|{part}|{key}"] = array
+            else:
+                layout[case][part] = None
+                flat[f"{case}|{part}"] = value
+    np.savez(path, __layout__=np.array(json.dumps(layout)), **flat)
+
+
+def load_arrays(path: str | Path) -> dict[str, dict]:
+    with np.load(path, allow_pickle=False) as data:
+        layout = json.loads(str(data["__layout__"]))
+        nested: dict[str, dict] = {}
+        for case, parts in layout.items():
+            nested[case] = {}
+            for part, keys in parts.items():
+                if keys is None:
+                    nested[case][part] = data[f"{case}|{part}"]
+                else:
+                    nested[case][part] = {k: data[f"{case}|{part}|{k}"] for k in keys}
+    return nested
+
+
+def load_cases(path: str | Path) -> dict[str, dict]:
+    """Cases saved by :func:`save_arrays`; the signature names come from the layout."""
+    raw = load_arrays(path)
+    return {name: {"signature": str(parts.pop("signature")), **parts}
+            for name, parts in raw.items()}
+
+
+def save_cases(path: str | Path, cases: dict[str, dict]) -> None:
+    save_arrays(path, {name: {**{k: v for k, v in case.items() if k != "signature"},
+                              "signature": np.array(case["signature"])}
+                       for name, case in cases.items()})
