@@ -1,0 +1,178 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export.__main__ import main as export_main
+from export.exporter import ONNX_SIGNATURES, ExportError, export_model
+from export.module import SIGNATURES
+from export.parity import onnx_call
+from export.runner import make_cases, run_case
+from rssm_tf import RssmConfig
+from rssm_tf.saving import ModelFileError, save_world_model
+from rssm_tf.world_model import WorldModel
+
+CONFIG = RssmConfig(obs_dim=4, action_dim=2, deterministic_size=32, n_categories=4,
+                    n_classes=4, hidden_size=16, n_blocks=4)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    model = WorldModel(CONFIG, seed=3)
+    model.compile()
+    batch = {"obs": np.ones((2, 4, 4), "f"), "action": np.ones((2, 4, 2), "f"),
+             "reward": np.ones((2, 4), "f"), "is_first": np.eye(1, 4, dtype="f").repeat(2, 0),
+             "is_terminal": np.zeros((2, 4), "f")}
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), verbose=0)  # non-trivial heads
+    return save_world_model(model, tmp_path_factory.mktemp("model") / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def exported(model_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported")
+    manifest = export_model(model_path, out, name="wm", verbose=False)
+    return out, manifest
+
+
+def test_tree_layout_and_manifest(exported):
+    out, manifest = exported
+    assert (out / "saved_model" / "wm" / "1" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in (out / "onnx").glob("*.onnx")) == sorted(
+        f"{s}.onnx" for s in ONNX_SIGNATURES)
+    assert not [p for p in out.rglob(".*") if p.name != "."]  # no temporary leftovers
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["version"] == 1 and on_disk["config"] == CONFIG.to_dict()
+    assert set(on_disk["signatures"]) == set(SIGNATURES) | {"serving_default"}
+    obs_step = on_disk["signatures"]["obs_step_noise"]
+    assert obs_step["inputs"]["noise"] == {"shape": [None, 4, 4], "dtype": "float32"}
+    assert set(obs_step["outputs"]) == {"h_next", "z_next", "post_logits", "prior_logits"}
+    for name, spec in on_disk["signatures"].items():
+        assert not set(spec["inputs"]) & set(spec["outputs"]), name
+    assert on_disk["versions"]["tensorflow"] == tf.__version__
+    for rel, digest in on_disk["files"].items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
+
+
+def test_saved_model_cli_lists_every_signature(exported):
+    out, _ = exported
+    proc = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
+                           "show", "--dir", str(out / "saved_model" / "wm" / "1"), "--all"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = set()
+    for line in proc.stdout.splitlines():
+        if line.startswith("signature_def['"):
+            listed.add(line.split("'")[1])
+    assert listed - {"__saved_model_init_op"} == set(SIGNATURES) | {"serving_default"}
+    assert "inputs['batch_size'] tensor_info:" in proc.stdout
+
+
+def test_parity_report_passes_on_every_backend(exported):
+    out, manifest = exported
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] and manifest["parity"]["passed"]
+    assert set(report["backends"]) == {"function", "xla", "savedmodel", "onnx"}
+    fresh = report["backends"]["savedmodel"]
+    assert fresh["imported_rssm_tf"] is False
+    assert "imagine_noise" in fresh["signatures"]
+    for backend in report["backends"].values():
+        assert backend["z_identical"] and backend["max_abs_diff"] <= 1e-5
+        assert {"rollout_obs_step_noise", "imagine_noise"} <= set(backend["cases"])
+
+
+def test_rollouts_equal_between_savedmodel_and_onnx_runtime(exported):
+    out, _ = exported
+    loaded = tf.saved_model.load(str(out / "saved_model" / "wm" / "1"))
+
+    def tf_call(name, inputs):
+        result = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in result.items()}
+
+    cases = make_cases(dict(deterministic_size=32, n_categories=4, n_classes=4, obs_dim=4,
+                            action_dim=2), batch=3, rollout=10, horizon=15, seed=9)
+    ort_call = onnx_call(out / "onnx")
+    for name in ("rollout_obs_step_noise", "imagine_noise", "imagine_mode"):
+        a, b = run_case(tf_call, cases[name]), run_case(ort_call, cases[name])
+        z_key = "z_next" if "z_next" in a else "z_seq"
+        np.testing.assert_array_equal(a[z_key], b[z_key])
+        assert a[z_key].sum() > 0  # real one-hot samples, not an all-zero state
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0)
+    # the sampled z really depends on the noise
+    flipped = dict(cases["imagine_noise"])
+    flipped["inputs"] = {**flipped["inputs"], "noise": 1.0 - flipped["inputs"]["noise"]}
+    assert not np.array_equal(run_case(ort_call, flipped)["z_seq"],
+                              run_case(ort_call, cases["imagine_noise"])["z_seq"])
+
+
+def test_every_onnx_file_opens_in_onnx_runtime(exported):
+    import onnx
+    import onnxruntime as ort
+
+    out, _ = exported
+    for name in ONNX_SIGNATURES:
+        path = out / "onnx" / f"{name}.onnx"
+        assert onnx.load(str(path)).opset_import[0].version >= 17
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        assert {"h", "z"} <= inputs and not inputs & outputs
+
+
+def test_next_version_and_no_overwrite(model_path, exported):
+    out, _ = exported
+    second = export_model(model_path, out, name="wm", onnx=False, parity=False, verbose=False)
+    assert second["version"] == 2 and (out / "saved_model" / "wm" / "2").is_dir()
+    with pytest.raises(ExportError, match="version 1 already exists"):
+        export_model(model_path, out, name="wm", version=1, onnx=False, parity=False,
+                     verbose=False)
+
+
+def test_interrupted_export_leaves_no_partial_version(model_path, tmp_path):
+    out = tmp_path / "out"
+    model_dir = out / "saved_model" / "rssm"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "export", "--model", str(model_path),
+                             "--out", str(out), "--no-onnx", "--no-parity"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if model_dir.is_dir() and any(p.name.startswith(".tmp-") for p in model_dir.iterdir()):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the export finished before it was killed"
+    assert [p.name for p in model_dir.iterdir() if p.name.isdigit()] == []
+    # the next export ignores the leftover and writes a complete version 1
+    manifest = export_model(model_path, out, onnx=False, parity=False, verbose=False)
+    assert manifest["version"] == 1
+    assert tf.saved_model.load(str(model_dir / "1")).signatures["predict"] is not None
+
+
+def test_clear_errors(model_path, tmp_path, capsys):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        export_model(tmp_path / "missing.keras", tmp_path / "o", verbose=False)
+    (tmp_path / "model.txt").write_text("not a model")
+    with pytest.raises(ModelFileError, match=r"expected a \.keras file"):
+        export_model(tmp_path / "model.txt", tmp_path / "o", verbose=False)
+    with pytest.raises(ModelFileError, match="is a directory"):
+        export_model(tmp_path, tmp_path / "o", verbose=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ExportError, match="not writable"):
+        export_model(model_path, blocker / "sub", verbose=False)
+    with pytest.raises(ExportError, match="--name"):
+        export_model(model_path, tmp_path / "o", name="a/b", verbose=False)
+    assert export_main(["--model", str(tmp_path / "missing.keras"), "--out",
+                        str(tmp_path / "o")]) == 2
+    assert "no such model file" in capsys.readouterr().err
