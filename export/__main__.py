@@ -7,6 +7,7 @@ SavedModel tree, ONNX files, a manifest and a parity report.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX files")
     parser.add_argument("--no-parity", action="store_true", help="skip the parity report")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
     from export.exporter import ExportError, export_model
     from rssm_tf.saving import ModelFileError

@@ -176,9 +176,11 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         report = parity_report(module, saved, onnx_dir)
         write_json(out / "parity.json", report)
         log(format_table(report))
-        manifest["parity"] = {"passed": report["passed"],
+        manifest["parity"] = {"passed": report["passed"], "tolerance": report["tolerance"],
                               "max_abs_diff": {k: v["max_abs_diff"]
-                                               for k, v in report["backends"].items()}}
+                                               for k, v in report["backends"].items()},
+                              "max_scaled_diff": {k: v["max_scaled_diff"]
+                                                  for k, v in report["backends"].items()}}
     write_json(out / "manifest.json", manifest)
     log(f"export: done: {saved}" + (f" and {onnx_dir}" if onnx_dir else ""))
     return manifest

@@ -159,6 +159,7 @@ def cmd_imagine(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
     handler = {"collect": cmd_collect, "train": cmd_train, "evaluate": cmd_evaluate,
                "imagine": cmd_imagine}[args.command]
     try:

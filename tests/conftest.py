@@ -6,8 +6,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from rssm_tf import RssmConfig  # noqa: E402
+
+# The model the export and serving tests share (exported once per test session).
+EXPORT_CONFIG = RssmConfig(obs_dim=4, action_dim=2, deterministic_size=32, n_categories=4,
+                           n_classes=4, hidden_size=16, n_blocks=4)
 
 
 @pytest.fixture
@@ -20,3 +25,27 @@ def small_config() -> RssmConfig:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    """A briefly trained small WorldModel saved as .keras (non-trivial heads)."""
+    from rssm_tf.saving import save_world_model
+    from rssm_tf.world_model import WorldModel
+
+    model = WorldModel(EXPORT_CONFIG, seed=3)
+    model.compile()
+    batch = {"obs": np.ones((2, 4, 4), "f"), "action": np.ones((2, 4, 2), "f"),
+             "reward": np.ones((2, 4), "f"), "is_first": np.eye(1, 4, dtype="f").repeat(2, 0),
+             "is_terminal": np.zeros((2, 4), "f")}
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), verbose=0)
+    return save_world_model(model, tmp_path_factory.mktemp("model") / "model.keras")
+
+
+@pytest.fixture(scope="session")
+def exported(model_path, tmp_path_factory):
+    """``(out, manifest)`` of ``python -m export``'s work on ``model_path`` (name "wm")."""
+    from export.exporter import export_model
+
+    out = tmp_path_factory.mktemp("exported")
+    return out, export_model(model_path, out, name="wm", verbose=False)

@@ -1,0 +1,240 @@
+"""The four ways to run an exported world model, behind one call:
+``backend.call(signature, inputs) -> outputs`` (dicts of float32 numpy arrays).
+
+- :class:`OnnxBackend`: ONNX Runtime on ``EXPORT/onnx/<signature>.onnx``.
+- :class:`SavedModelBackend`: ``tf.saved_model.load`` of a version directory.
+- :class:`RestBackend`: TF Serving's REST ``:predict`` API with ``signature_name``.
+- :class:`GrpcBackend`: TF Serving's gRPC ``PredictionService`` (``tensorflow-serving-api``).
+
+Nothing here imports ``rssm_tf``: the exported files are all a backend needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class ServingError(RuntimeError):
+    """The model could not be run: server unreachable, model or signature missing,
+    or the server refused the request. The message says which and where."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ...
+
+
+def latest_version(base: Path) -> Path:
+    """``base`` itself if it is a SavedModel, else its highest numeric version."""
+    if (base / "saved_model.pb").is_file():
+        return base
+    versions = sorted((int(p.name), p) for p in base.glob("*") if p.name.isdigit())
+    if not versions:
+        raise ServingError(f"{base}: no SavedModel and no numeric version directory")
+    return versions[-1][1]
+
+
+class OnnxBackend:
+    """ONNX Runtime sessions, one per signature file, opened on first use."""
+
+    name = "onnx"
+
+    def __init__(self, onnx_dir: str | os.PathLike, threads: int | None = 1) -> None:
+        import onnxruntime as ort
+
+        self.onnx_dir = Path(onnx_dir)
+        if not self.onnx_dir.is_dir():
+            raise ServingError(f"{self.onnx_dir}: no ONNX directory (export with ONNX)")
+        self._ort = ort
+        self.options = ort.SessionOptions()
+        if threads:
+            self.options.intra_op_num_threads = threads
+            self.options.inter_op_num_threads = 1
+        self.sessions: dict[str, Any] = {}
+
+    def _session(self, signature: str) -> Any:
+        if signature not in self.sessions:
+            path = self.onnx_dir / f"{signature}.onnx"
+            if not path.is_file():
+                raise ServingError(f"signature {signature!r} has no ONNX file: {path}")
+            try:
+                self.sessions[signature] = self._ort.InferenceSession(
+                    str(path), self.options, providers=["CPUExecutionProvider"])
+            except Exception as error:  # ORT raises its own exception types
+                raise ServingError(f"{path}: ONNX Runtime cannot load it: {error}") from None
+        return self.sessions[signature]
+
+    def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session(signature)
+        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(None, feed)))
+
+
+class SavedModelBackend:
+    """The SavedModel in-process, through its signatures only."""
+
+    name = "savedmodel"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self.path = latest_version(Path(path))
+        try:
+            self.model = tf.saved_model.load(str(self.path))
+        except Exception as error:  # TF raises several types for a bad directory
+            raise ServingError(f"{self.path}: not a loadable SavedModel: {error}") from None
+        self.signatures = self.model.signatures
+
+    def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if signature not in self.signatures:
+            raise ServingError(f"signature {signature!r} not found in {self.path}; it has "
+                               f"{sorted(self.signatures)}")
+        fn = self.signatures[signature]
+        names = fn.structured_input_signature[1]
+        out = fn(**{k: self._tf.constant(inputs[k]) for k in names})
+        return {k: v.numpy() for k, v in out.items()}
+
+
+def _retrying(what: str, attempts: int, backoff: float, fn: Any, retry_on: tuple) -> Any:
+    """Calls ``fn()``; on a ``retry_on`` error retries up to ``attempts`` times in all."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except retry_on as error:
+            if attempt == attempts - 1:
+                raise ServingError(f"cannot reach TF Serving at {what} after {attempts} "
+                                   f"attempt(s): {error}") from None
+            time.sleep(backoff * 2 ** attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class RestBackend:
+    """TF Serving REST: ``POST {url}/v1/models/{model}[/versions/{v}]:predict`` with
+    ``{"signature_name": ..., "inputs": {...}}`` (columnar). Connection failures and
+    timeouts are retried (every signature is a pure function of its inputs)."""
+
+    name = "rest"
+
+    def __init__(self, url: str = "http://localhost:8501", model: str = "rssm",
+                 version: int | None = None, timeout: float = 10.0, retries: int = 2,
+                 backoff: float = 0.2) -> None:
+        import requests
+
+        self._requests = requests
+        self.url = url.rstrip("/")
+        path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
+        self.endpoint = f"{self.url}{path}:predict"
+        self.timeout, self.attempts, self.backoff = timeout, retries + 1, backoff
+        self.session = requests.Session()
+
+    def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        body = json.dumps({"signature_name": signature,
+                           "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}})
+        errors = (self._requests.ConnectionError, self._requests.Timeout)
+        response = _retrying(self.url, self.attempts, self.backoff,
+                             lambda: self.session.post(self.endpoint, data=body,
+                                                       timeout=self.timeout), errors)
+        if response.status_code != 200:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text
+            kind = "model or signature not found" if response.status_code == 404 else \
+                "request refused"
+            raise ServingError(f"TF Serving at {self.endpoint} ({signature}): {kind} "
+                               f"(HTTP {response.status_code}): {message}")
+        outputs = response.json()["outputs"]
+        return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
+
+
+class GrpcBackend:
+    """TF Serving gRPC: ``PredictionService.Predict`` with the model and signature
+    named in the ``ModelSpec``. ``UNAVAILABLE`` and deadline errors are retried."""
+
+    name = "grpc"
+
+    def __init__(self, target: str = "localhost:8500", model: str = "rssm",
+                 version: int | None = None, timeout: float = 10.0, retries: int = 2,
+                 backoff: float = 0.2) -> None:
+        import grpc
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        self._grpc, self._predict_pb2 = grpc, predict_pb2
+        self.target, self.model, self.version = target, model, version
+        self.timeout, self.attempts, self.backoff = timeout, retries + 1, backoff
+        options = [("grpc.max_send_message_length", 256 << 20),
+                   ("grpc.max_receive_message_length", 256 << 20)]
+        self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = self._predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.model_spec.signature_name = signature
+        if self.version:
+            request.model_spec.version.value = self.version
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(to_tensor_proto(value))
+        grpc = self._grpc
+
+        class Retry(Exception):
+            pass
+
+        def once():
+            try:
+                return self.stub.Predict(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                if error.code() in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise Retry(error.details()) from None
+                kind = "model or signature not found" if error.code() == \
+                    grpc.StatusCode.NOT_FOUND else "request refused"
+                raise ServingError(f"TF Serving at {self.target} ({signature}): {kind} "
+                                   f"({error.code().name}): {error.details()}") from None
+
+        response = _retrying(self.target, self.attempts, self.backoff, once, (Retry,))
+        return {k: from_tensor_proto(v) for k, v in response.outputs.items()}
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 3}  # DT_FLOAT, DT_INT32
+
+
+def to_tensor_proto(array: np.ndarray) -> Any:
+    """A ``TensorProto`` of a float32 or int32 array (raw little-endian content)."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    array = np.ascontiguousarray(array)
+    if array.dtype not in _DTYPES:
+        array = array.astype(np.float32)
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape])
+    return tensor_pb2.TensorProto(dtype=_DTYPES[array.dtype], tensor_shape=shape,
+                                  tensor_content=array.astype(array.dtype.newbyteorder("<"))
+                                  .tobytes())
+
+
+def from_tensor_proto(proto: Any) -> np.ndarray:
+    """The array of a float32/int32 ``TensorProto`` (raw content or value lists)."""
+    dtype = {1: np.float32, 3: np.int32}.get(proto.dtype)
+    if dtype is None:
+        raise ServingError(f"unsupported tensor dtype {proto.dtype} in a response")
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=np.dtype(dtype).newbyteorder("<")
+                             ).astype(dtype).reshape(shape)
+    values = proto.float_val if dtype is np.float32 else proto.int_val
+    array = np.asarray(values, dtype)
+    return np.broadcast_to(array, shape).copy() if array.size == 1 else array.reshape(shape)

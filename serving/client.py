@@ -1,0 +1,208 @@
+"""``WorldModelClient``: the recurrent state on the client, the model anywhere.
+
+The served model is stateless (SPEC section 6): every call takes ``h`` and ``z`` and
+returns the next ones. The client keeps them between calls, so an agent or a planner
+writes ``reset / observe / imagine / predict`` whatever runs the model::
+
+    client = WorldModelClient.from_export("out/export", backend="onnx")
+    client.reset(batch_size=1)
+    out = client.observe(action, obs)            # posterior step; state advances
+    dream = client.imagine(actions)              # [B, T, A] from the current state
+    now = client.predict()                       # reward, continue for the state
+
+Sampling per call: ``sample="sample"`` (the server draws the noise), ``"mode"``
+(argmax) or ``noise=`` an array of uniform (0, 1) values (Gumbel-max; reproducible).
+Inputs are checked against the export's ``manifest.json`` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.backends import (
+    Backend,
+    GrpcBackend,
+    OnnxBackend,
+    RestBackend,
+    SavedModelBackend,
+    ServingError,
+)
+
+BACKENDS = ("onnx", "savedmodel", "rest", "grpc")
+
+
+def load_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(export_dir) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ServingError(f"{path}: no manifest; is {export_dir} an export directory "
+                           "(python -m export --out ...)?") from None
+    except json.JSONDecodeError as error:
+        raise ServingError(f"{path}: not valid JSON: {error}") from None
+
+
+class WorldModelClient:
+    """A stateful client over one :mod:`serving.backends` backend.
+
+    ``manifest``: the export's ``manifest.json`` (dict or export directory); it gives
+    the sizes and the signatures' input shapes used to check every call.
+    """
+
+    def __init__(self, backend: Backend, manifest: dict[str, Any] | str | os.PathLike) -> None:
+        self.backend = backend
+        self.manifest = manifest if isinstance(manifest, dict) else load_manifest(manifest)
+        c = self.manifest["config"]
+        self.deter, self.classes = c["deterministic_size"], c["n_classes"]
+        self.groups, self.obs_dim, self.action_dim = c["n_categories"], c["obs_dim"], \
+            c["action_dim"]
+        self.h: np.ndarray | None = None
+        self.z: np.ndarray | None = None
+
+    @classmethod
+    def from_export(cls, export_dir: str | os.PathLike, backend: str = "onnx",
+                    **options: Any) -> WorldModelClient:
+        """A client for an export directory. ``backend``: ``onnx``, ``savedmodel``
+        (both read the files), ``rest`` (``url=``, ``model=``) or ``grpc``
+        (``target=``, ``model=``); ``model`` defaults to the exported name."""
+        manifest = load_manifest(export_dir)
+        export_dir = Path(export_dir)
+        if backend == "onnx":
+            impl: Backend = OnnxBackend(export_dir / "onnx", **options)
+        elif backend == "savedmodel":
+            impl = SavedModelBackend(export_dir / "saved_model" / manifest["name"], **options)
+        elif backend == "rest":
+            impl = RestBackend(**{"model": manifest["name"], **options})
+        elif backend == "grpc":
+            impl = GrpcBackend(**{"model": manifest["name"], **options})
+        else:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        return cls(impl, manifest)
+
+    # ---------------------------------------------------------------- state
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.h is None else int(self.h.shape[0])
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Starts every sequence afresh: ``h`` and ``z`` zeros (the initial state)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.h = np.zeros((batch_size, self.deter), np.float32)
+        self.z = np.zeros((batch_size, self.groups * self.classes), np.float32)
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state, copied: ``{"h": [B, D], "z": [B, S*K]}``."""
+        self._require_state()
+        return {"h": self.h.copy(), "z": self.z.copy()}
+
+    @state.setter
+    def state(self, value: dict[str, np.ndarray]) -> None:
+        h = self._array("state['h']", value["h"], [None, self.deter])
+        z = self._array("state['z']", value["z"], [None, self.groups * self.classes])
+        if h.shape[0] != z.shape[0]:
+            raise ValueError(f"state['h'] and state['z'] must have the same batch size, got "
+                             f"{h.shape[0]} and {z.shape[0]}")
+        self.h, self.z = h.copy(), z.copy()
+
+    def save_state(self, path: str | os.PathLike) -> Path:
+        """Writes the state to ``path`` (.npz) through a temporary file and a rename."""
+        path = Path(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.state)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+        return path
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        with np.load(path) as data:
+            self.state = {"h": data["h"], "z": data["z"]}
+
+    # ---------------------------------------------------------------- calls
+    def observe(self, action: Any, obs: Any, sample: str = "sample",
+                noise: Any = None) -> dict[str, np.ndarray]:
+        """One posterior step from the current state; the state advances.
+
+        ``action`` [B, A] (the action that led to ``obs``), ``obs`` [B, O]. Returns
+        ``post_logits``, ``prior_logits`` [B, S, K] and the new ``h``, ``z``.
+        """
+        self._require_state()
+        b = self.batch_size
+        inputs = {"h": self.h, "z": self.z,
+                  "action": self._array("action", action, [b, self.action_dim]),
+                  "obs": self._array("obs", obs, [b, self.obs_dim])}
+        out = self._call("obs_step", inputs, sample, noise, [b, self.groups, self.classes])
+        self.h, self.z = out["h_next"], out["z_next"]
+        return {"post_logits": out["post_logits"], "prior_logits": out["prior_logits"],
+                "h": self.h.copy(), "z": self.z.copy()}
+
+    def imagine(self, actions: Any, sample: str = "sample",
+                noise: Any = None) -> dict[str, np.ndarray]:
+        """Rolls the prior from the current state (which does not change).
+
+        ``actions`` [B, T, A]. Returns ``reward`` [B, T], ``continue_prob`` [B, T],
+        ``h_seq`` [B, T, D], ``z_seq`` [B, T, S*K]."""
+        self._require_state()
+        b = self.batch_size
+        actions = self._array("actions", actions, [b, None, self.action_dim])
+        inputs = {"h": self.h, "z": self.z, "actions": actions}
+        return self._call("imagine", inputs, sample, noise,
+                          [b, actions.shape[1], self.groups, self.classes])
+
+    def imagine_step(self, action: Any, sample: str = "sample",
+                     noise: Any = None) -> dict[str, np.ndarray]:
+        """One prior step from the current state; the state advances."""
+        self._require_state()
+        b = self.batch_size
+        inputs = {"h": self.h, "z": self.z,
+                  "action": self._array("action", action, [b, self.action_dim])}
+        out = self._call("imagine_step", inputs, sample, noise, [b, self.groups, self.classes])
+        self.h, self.z = out["h_next"], out["z_next"]
+        return {"prior_logits": out["prior_logits"], "h": self.h.copy(), "z": self.z.copy()}
+
+    def predict(self) -> dict[str, np.ndarray]:
+        """``reward`` [B], ``continue_prob`` [B] and their logits for the current state."""
+        self._require_state()
+        return self.backend.call("predict", {"h": self.h, "z": self.z})
+
+    # -------------------------------------------------------------- helpers
+    def _call(self, base: str, inputs: dict[str, np.ndarray], sample: str, noise: Any,
+              noise_shape: list) -> dict[str, np.ndarray]:
+        if noise is not None:
+            inputs["noise"] = self._array("noise", noise, noise_shape)
+            if np.any(inputs["noise"] <= 0) or np.any(inputs["noise"] >= 1):
+                raise ValueError("noise must lie strictly between 0 and 1")
+            return self.backend.call(f"{base}_noise", inputs)
+        if sample == "mode":
+            return self.backend.call(f"{base}_mode", inputs)
+        if sample == "sample":
+            return self.backend.call(base, inputs)
+        raise ValueError(f"sample must be 'sample' or 'mode' (or pass noise=), got {sample!r}")
+
+    def _require_state(self) -> None:
+        if self.h is None:
+            raise RuntimeError("no state yet: call reset(batch_size) first")
+
+    @staticmethod
+    def _array(name: str, value: Any, shape: list[int | None]) -> np.ndarray:
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be numeric, got {type(value).__name__}") from None
+        want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
+        if array.ndim != len(shape) or any(s is not None and s != d
+                                           for s, d in zip(shape, array.shape)):
+            raise ValueError(f"{name} must have shape {want}, got {list(array.shape)}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} contains NaN or Inf values")
+        return np.ascontiguousarray(array)

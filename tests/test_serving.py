@@ -1,0 +1,226 @@
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.backends import GrpcBackend, RestBackend, ServingError
+from serving.client import WorldModelClient
+from serving.standin import StandInServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    out, _ = exported
+    with StandInServer(out / "saved_model" / "wm", name="wm") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def clients(exported, server):
+    out, _ = exported
+    return {"onnx": WorldModelClient.from_export(out, "onnx"),
+            "savedmodel": WorldModelClient.from_export(out, "savedmodel"),
+            "rest": WorldModelClient.from_export(out, "rest", url=server.rest_url),
+            "grpc": WorldModelClient.from_export(out, "grpc", target=server.grpc_target)}
+
+
+def episode(client, seed=0, steps=6, batch=3):
+    rng = np.random.default_rng(seed)
+    return {"action": rng.uniform(-1, 1, (steps, batch, client.action_dim)).astype("f"),
+            "obs": rng.normal(size=(steps, batch, client.obs_dim)).astype("f"),
+            "noise": rng.uniform(0.01, 0.99, (steps, batch, client.groups, client.classes)
+                                 ).astype("f"),
+            "actions": rng.uniform(-1, 1, (batch, 7, client.action_dim)).astype("f"),
+            "noise_seq": rng.uniform(0.01, 0.99, (batch, 7, client.groups, client.classes)
+                                     ).astype("f")}
+
+
+def rollout(client, data, sample):
+    client.reset(3)
+    trace = []
+    for t in range(len(data["obs"])):
+        noise = data["noise"][t] if sample == "noise" else None
+        out = client.observe(data["action"][t], data["obs"][t], sample="mode", noise=noise)
+        trace.append({**out, **client.predict()})
+    noise = data["noise_seq"] if sample == "noise" else None
+    trace.append(client.imagine(data["actions"], sample="mode", noise=noise))
+    return trace
+
+
+@pytest.mark.parametrize("sample", ["mode", "noise"])
+def test_four_backends_agree_over_a_rollout(clients, sample):
+    data = episode(clients["onnx"])
+    reference = rollout(clients["onnx"], data, sample)
+    assert reference[-1]["z_seq"].sum() == 3 * 7 * clients["onnx"].groups  # one-hot
+    for name in ("savedmodel", "rest", "grpc"):
+        trace = rollout(clients[name], data, sample)
+        for step, (a, b) in enumerate(zip(reference, trace)):
+            assert set(a) == set(b), name
+            for key in a:
+                if key in ("z", "z_seq"):
+                    np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name} {step}")
+                else:
+                    np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0,
+                                               err_msg=f"{name} step {step} {key}")
+
+
+def test_server_side_sampling_runs_on_every_backend(clients):
+    data = episode(clients["onnx"], seed=1)
+    for client in clients.values():
+        client.reset(3)
+        out = client.observe(data["action"][0], data["obs"][0])  # sample="sample"
+        z = out["z"].reshape(3, client.groups, client.classes)
+        np.testing.assert_array_equal(z.sum(-1), 1.0)
+        dream = client.imagine(data["actions"])
+        assert dream["reward"].shape == (3, 7) and dream["continue_prob"].shape == (3, 7)
+
+
+def test_state_can_be_read_saved_and_restored(clients, tmp_path):
+    client = clients["onnx"]
+    data = episode(client, seed=2)
+    client.reset(3)
+    client.observe(data["action"][0], data["obs"][0], noise=data["noise"][0])
+    saved = client.save_state(tmp_path / "state.npz")
+    first = client.observe(data["action"][1], data["obs"][1], noise=data["noise"][1])
+    client.load_state(saved)
+    again = client.observe(data["action"][1], data["obs"][1], noise=data["noise"][1])
+    np.testing.assert_array_equal(first["h"], again["h"])
+    snapshot = client.state
+    snapshot["h"][:] = 99.0  # a copy: the client's state is untouched
+    assert not np.any(client.state["h"] == 99.0)
+    with pytest.raises(ValueError, match=r"state\['h'\] must have shape \[\?, 32\]"):
+        client.state = {"h": np.zeros((3, 5)), "z": np.zeros((3, 16))}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_servers_name_the_address(exported):
+    out, _ = exported
+    port = free_port()
+    rest = WorldModelClient.from_export(out, "rest", url=f"http://127.0.0.1:{port}",
+                                        retries=1, backoff=0.01, timeout=2)
+    rest.reset(1)
+    with pytest.raises(ServingError, match=f"cannot reach TF Serving at http://127.0.0.1:{port}"
+                                           " after 2 attempt"):
+        rest.predict()
+    grpc_client = WorldModelClient.from_export(out, "grpc", target=f"127.0.0.1:{port}",
+                                               retries=0, timeout=2)
+    grpc_client.reset(1)
+    with pytest.raises(ServingError, match=f"cannot reach TF Serving at 127.0.0.1:{port}"):
+        grpc_client.predict()
+
+
+def test_missing_model_or_signature(exported, server):
+    out, manifest = exported
+    h = np.zeros((1, 32), "f")
+    z = np.zeros((1, 16), "f")
+    for backend in (RestBackend(server.rest_url, model="nope"),
+                    GrpcBackend(server.grpc_target, model="nope")):
+        with pytest.raises(ServingError, match="model or signature not found.*nope"):
+            backend.call("predict", {"h": h, "z": z})
+    for backend in (RestBackend(server.rest_url, model="wm"),
+                    GrpcBackend(server.grpc_target, model="wm"),
+                    WorldModelClient.from_export(out, "onnx").backend,
+                    WorldModelClient.from_export(out, "savedmodel").backend):
+        with pytest.raises(ServingError, match="not_a_signature"):
+            backend.call("not_a_signature", {"h": h, "z": z})
+
+
+def test_bad_inputs_are_refused_before_sending(exported):
+    out, _ = exported
+    # nothing listens here: a ValueError proves the check ran before any request
+    client = WorldModelClient.from_export(out, "rest", url=f"http://127.0.0.1:{free_port()}")
+    client.reset(2)
+    with pytest.raises(ValueError, match=r"action must have shape \[2, 2\], got \[2, 3\]"):
+        client.observe(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"obs must have shape \[2, 4\]"):
+        client.observe(np.zeros((2, 2)), np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="obs contains NaN"):
+        client.observe(np.zeros((2, 2)), np.full((2, 4), np.nan))
+    with pytest.raises(ValueError, match=r"noise must have shape \[2, 4, 4\]"):
+        client.observe(np.zeros((2, 2)), np.zeros((2, 4)), noise=np.full((2, 4), 0.5))
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        client.observe(np.zeros((2, 2)), np.zeros((2, 4)), noise=np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="sample must be"):
+        client.imagine(np.zeros((2, 3, 2)), sample="greedy")
+    with pytest.raises(ValueError, match="batch_size"):
+        client.reset(0)
+    fresh = WorldModelClient.from_export(out, "onnx")
+    with pytest.raises(RuntimeError, match="reset"):
+        fresh.predict()
+    with pytest.raises(ServingError, match="no manifest"):
+        WorldModelClient.from_export(out / "onnx", "onnx")
+
+
+def test_serving_never_imports_rssm_tf_and_command_runs(exported):
+    out, _ = exported
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    code = ("import sys, serving.client, serving.standin, serving.__main__ as m\n"
+            f"rc = m.main(['--export', {str(out)!r}, '--backend', 'onnx', '--steps', '3'])\n"
+            "assert 'rssm_tf' not in sys.modules, 'serving imported rssm_tf'\n"
+            "sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "observing 3 steps" in proc.stdout and "imagined 5 steps" in proc.stdout
+
+
+def _real_server(out):
+    """(rest_url, grpc_target, process) of a real tensorflow_model_server, or a skip."""
+    url, target = os.environ.get("TFSERVING_REST_URL"), os.environ.get("TFSERVING_GRPC_TARGET")
+    if url or target:
+        return url, target, None
+    binary = shutil.which("tensorflow_model_server")
+    if binary is None:
+        pytest.skip("tensorflow_model_server is not on PATH and neither TFSERVING_REST_URL "
+                    "nor TFSERVING_GRPC_TARGET is set (see README: Serving)")
+    rest_port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen([binary, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+                             "--model_name=wm", f"--model_base_path={out / 'saved_model' / 'wm'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", proc
+
+
+def test_against_real_tensorflow_model_server(exported, clients):
+    out, _ = exported
+    url, target, proc = _real_server(out)
+    try:
+        real = {}
+        if url:
+            real["rest"] = WorldModelClient.from_export(out, "rest", url=url, retries=20,
+                                                        backoff=0.25)
+        if target:
+            real["grpc"] = WorldModelClient.from_export(out, "grpc", target=target,
+                                                        retries=20, backoff=0.25)
+        data = episode(clients["onnx"], seed=5)
+        reference = rollout(clients["onnx"], data, "noise")
+        for name, client in real.items():
+            deadline = time.time() + 60
+            while True:
+                try:
+                    trace = rollout(client, data, "noise")
+                    break
+                except ServingError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.5)
+            for a, b in zip(reference, trace):
+                for key in a:
+                    np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0,
+                                               err_msg=name)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
