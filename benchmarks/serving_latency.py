@@ -1,0 +1,127 @@
+"""Serving latency per backend: p50/p99 of ``observe`` at batch 1 and 64 and of
+``imagine`` over 15 steps, through ``WorldModelClient``.
+
+Backends: ONNX Runtime, the SavedModel in-process, and TF Serving's REST and gRPC
+protocols against the stand-in server (``serving/standin.py``; point ``--rest-url`` /
+``--grpc-target`` at a real ``tensorflow_model_server`` to measure that instead).
+
+    python benchmarks/serving_latency.py [--export DIR] [--iters 200] [--json out.json]
+
+Without ``--export`` it exports a fresh seed-configuration model (obs 64, action 11)
+to a temporary directory first. All numbers are from one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+
+def export_seed_model(out: Path) -> Path:
+    from export.exporter import export_model
+    from rssm_tf import RssmConfig
+    from rssm_tf.saving import save_world_model
+    from rssm_tf.world_model import WorldModel
+
+    model = WorldModel(RssmConfig(obs_dim=64, action_dim=11))
+    model.compile()
+    path = save_world_model(model, out / "seed.keras")
+    export_model(path, out / "export", name="rssm", parity=False, verbose=True)
+    return out / "export"
+
+
+def percentiles(fn, iters: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "mean_ms": float(np.mean(times))}
+
+
+def measure(client, iters: int, warmup: int) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(0)
+    result = {}
+    for batch in (1, 64):
+        action = rng.uniform(-1, 1, (batch, client.action_dim)).astype(np.float32)
+        obs = rng.normal(size=(batch, client.obs_dim)).astype(np.float32)
+        noise = rng.uniform(0.01, 0.99, (batch, client.groups, client.classes)).astype(np.float32)
+        client.reset(batch)
+        state = client.state
+
+        def observe(state=state, action=action, obs=obs, noise=noise):
+            client.state = state
+            client.observe(action, obs, noise=noise)
+
+        result[f"observe_b{batch}"] = percentiles(observe, iters, warmup)
+    client.reset(1)
+    actions = rng.uniform(-1, 1, (1, 15, client.action_dim)).astype(np.float32)
+    result["imagine15_b1"] = percentiles(lambda: client.imagine(actions, sample="mode"),
+                                         max(10, iters // 4), max(2, warmup // 4))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--export", default=None, help="an export directory")
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--rest-url", default=None, help="a real TF Serving REST URL")
+    parser.add_argument("--grpc-target", default=None, help="a real TF Serving gRPC target")
+    parser.add_argument("--json", default="serving_latency.json")
+    args = parser.parse_args()
+
+    from serving.client import WorldModelClient
+    from serving.standin import StandInServer
+
+    tmp = tempfile.TemporaryDirectory()
+    export_dir = Path(args.export) if args.export else export_seed_model(Path(tmp.name))
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    server = None
+    if not (args.rest_url and args.grpc_target):
+        server = StandInServer(export_dir / "saved_model" / manifest["name"],
+                               name=manifest["name"]).start()
+    rest_url = args.rest_url or server.rest_url
+    grpc_target = args.grpc_target or server.grpc_target
+    clients = {"onnx": WorldModelClient.from_export(export_dir, "onnx"),
+               "savedmodel": WorldModelClient.from_export(export_dir, "savedmodel"),
+               "rest": WorldModelClient.from_export(export_dir, "rest", url=rest_url),
+               "grpc": WorldModelClient.from_export(export_dir, "grpc", target=grpc_target)}
+    results = {name: measure(client, args.iters, args.warmup) for name, client in clients.items()}
+    if server is not None:
+        server.stop()
+
+    ratio = results["savedmodel"]["observe_b1"]["p50_ms"] / results["onnx"]["observe_b1"]["p50_ms"]
+    report = {"config": manifest["config"], "iters": args.iters,
+              "servers": "stand-in" if server else "given", "results": results,
+              "onnx_vs_savedmodel_observe_b1_p50": ratio,
+              "targets": {"onnx_observe_b1_p50_under_1ms":
+                          results["onnx"]["observe_b1"]["p50_ms"] < 1.0,
+                          "onnx_3x_faster_than_savedmodel": ratio >= 3.0}}
+    print(f"{'backend':<11} {'observe b1 p50/p99':>20} {'observe b64 p50/p99':>21} "
+          f"{'imagine15 p50/p99':>19}   (ms)")
+    for name, r in results.items():
+        cells = [f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}"
+                 for k in ("observe_b1", "observe_b64", "imagine15_b1")]
+        print(f"{name:<11} {cells[0]:>20} {cells[1]:>21} {cells[2]:>19}")
+    print(f"ONNX Runtime observe b1 is {ratio:.1f}x faster than the local SavedModel")
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
