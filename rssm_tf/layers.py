@@ -15,6 +15,22 @@ import tensorflow as tf
 _PACKAGE = "rssm_tf"
 
 
+def matmul(site: str, x: tf.Tensor, kernel: tf.Variable | tf.Tensor,
+           rows: tuple[int, int] | None = None) -> tf.Tensor:
+    """``x @ kernel[rows]`` in ``x``'s dtype; a 3-D kernel [G, in, out] multiplies each
+    block of ``x`` [..., G, in] by its own matrix (one batched einsum).
+
+    The recurrent step calls every weight multiplication through a function of this
+    signature; ``site`` names it, so :mod:`rssm_tf.scan` can pass another one that
+    records the multiplication for its hand-written backward.
+    """
+    w = kernel if rows is None else kernel[rows[0]:rows[1]]
+    w = tf.cast(w, x.dtype)
+    if w.shape.rank == 3:
+        return tf.einsum("...gi,gio->...go", x, w)
+    return tf.matmul(x, w)
+
+
 def make_norm(kind: str, eps: float, name: str | None = None) -> keras.layers.Layer:
     """Keras' own RMS or layer normalisation over the last axis, in float32."""
     if kind == "rms":
@@ -152,8 +168,8 @@ class BlockLinear(keras.layers.Layer):
             self.bias = self.add_weight(name="bias", shape=(self.n_blocks, self.units),
                                         initializer="zeros")
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        y = tf.einsum("...gi,gio->...go", x, tf.cast(self.kernel, x.dtype))
+    def call(self, x: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
+        y = mm(self.name, x, self.kernel)
         if self.bias is not None:
             y = y + tf.cast(self.bias, x.dtype)
         return y
@@ -235,21 +251,23 @@ class BlockGRU(keras.layers.Layer):
         or [..., 3*units] (dense). Linear, so it can be split over parts of ``x``."""
         return tf.matmul(x, tf.cast(self.input_kernel, x.dtype))
 
-    def step(self, h: tf.Tensor, x_proj: tf.Tensor) -> tf.Tensor:
-        """One update from ``h`` [B, units] and ``project_input(x)``; float32 result."""
+    def step(self, h: tf.Tensor, x_proj: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
+        """One update from ``h`` [B, units] and ``project_input(x)``; float32 result.
+        ``mm`` multiplies by the weights (see :func:`matmul`)."""
         dtype = self.compute_dtype
         h = tf.cast(h, dtype)
         d, g = self.units, self.n_blocks
         x_proj = tf.cast(x_proj, dtype)
         if g:
-            pre = self.hidden(tf.reshape(h, [-1, g, d // g])) \
+            pre = self.hidden(tf.reshape(h, [-1, g, d // g]), mm=mm) \
                 + tf.reshape(x_proj, [-1, g, d // g])
             y = tf.nn.silu(self.norm(tf.cast(pre, "float32")))  # per block
-            gates = self.gates(tf.cast(y, dtype))
+            gates = self.gates(tf.cast(y, dtype), mm=mm)
             r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [B, G, d/G]
             r, c, u = (tf.reshape(t, [-1, d]) for t in (r, c, u))
         else:
-            pre = self.hidden(h) + x_proj
+            pre = mm("gru/hidden", h, self.hidden.kernel) \
+                + tf.cast(self.hidden.bias, dtype) + x_proj
             r, c, u = tf.split(self.norm(tf.cast(pre, "float32")), 3, axis=-1)
         r = tf.sigmoid(r)
         c = tf.tanh(r * c)

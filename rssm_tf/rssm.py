@@ -17,6 +17,7 @@ once, outside the loop; the loop carries ``(h, z)`` only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import keras
@@ -25,8 +26,9 @@ import tensorflow as tf
 from rssm_tf.config import RssmConfig
 from rssm_tf.heads import make_continue_head, make_encoder, make_reward_head
 from rssm_tf.latents import mix_logits, sample_latent, uniform_noise
-from rssm_tf.layers import BlockGRU, Mlp, NormDense
+from rssm_tf.layers import BlockGRU, Mlp, NormDense, matmul
 from rssm_tf.losses import TwohotEncoder
+from rssm_tf.scan import observe_scan
 from rssm_tf.validation import as_float_tensor, check_same, check_shape
 
 
@@ -51,6 +53,9 @@ class Rssm(keras.layers.Layer):
         config: an :class:`RssmConfig` (or its dict).
         twohot: the :class:`TwohotEncoder` of the reward head (255 symlog bins).
         seed: seed of the layer's sampling noise (a ``keras.random.SeedGenerator``).
+        manual_gradient: differentiate ``observe``'s loop with the hand-written
+            backward of :mod:`rssm_tf.scan` (True) or TensorFlow's autodiff (False);
+            the gradients are the same.
 
     Sampling: every step takes ``sample`` (True: draw from the layer's seeded noise;
     False: the mode) and ``noise`` (uniform (0, 1) of the logits' shape; overrides
@@ -58,7 +63,8 @@ class Rssm(keras.layers.Layer):
     """
 
     def __init__(self, config: RssmConfig | dict, twohot: TwohotEncoder | dict | None = None,
-                 seed: int | None = None, **kwargs: Any) -> None:
+                 seed: int | None = None, manual_gradient: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = RssmConfig.from_dict(config)
@@ -69,6 +75,7 @@ class Rssm(keras.layers.Layer):
         self.config = config
         self.twohot = twohot or TwohotEncoder()
         self.seed = seed
+        self.manual_gradient = bool(manual_gradient)
         c = config
         H, D, policy = c.hidden_size, c.deterministic_size, self.dtype_policy
         norm = dict(norm=c.norm, norm_eps=c.norm_eps, dtype=policy)
@@ -126,29 +133,58 @@ class Rssm(keras.layers.Layer):
         kernel = self.post_net.hidden[0].dense.kernel[self.config.deterministic_size:]
         return tf.matmul(embed, tf.cast(kernel, embed.dtype))
 
-    def _core(self, h: tf.Tensor, z: tf.Tensor, a_proj: tf.Tensor) -> tf.Tensor:
+    def _core(self, h: tf.Tensor, z: tf.Tensor, a_proj: tf.Tensor,
+              mm: Any = matmul) -> tf.Tensor:
         """``h' = GRU(concat(L(h), L(z), L(a)), h)`` given the action's term."""
         dtype = self.compute_dtype
-        x = tf.concat([self.inp_h(tf.cast(h, dtype)), self.inp_z(tf.cast(z, dtype))], -1)
         H = self.config.hidden_size
-        x_proj = tf.matmul(x, tf.cast(self.gru.input_kernel[:2 * H], dtype)) \
+        x = tf.concat([self.inp_h.activate(mm("inp_h", tf.cast(h, dtype),
+                                                self.inp_h.dense.kernel)),
+                       self.inp_z.activate(mm("inp_z", tf.cast(z, dtype),
+                                                self.inp_z.dense.kernel))], -1)
+        x_proj = mm("gru/input", x, self.gru.input_kernel, (0, 2 * H)) \
             + tf.cast(a_proj, dtype)
-        return self.gru.step(h, x_proj)
+        return self.gru.step(h, x_proj, mm)
 
     def _to_logits(self, flat: tf.Tensor) -> tf.Tensor:
         c = self.config
         shape = tf.concat([tf.shape(flat)[:-1], [c.n_categories, c.n_classes]], 0)
         return mix_logits(tf.reshape(tf.cast(flat, "float32"), shape), c.unimix)
 
-    def _post_logits(self, h: tf.Tensor, e_proj: tf.Tensor) -> tf.Tensor:
+    def _post_logits(self, h: tf.Tensor, e_proj: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
         dtype = self.compute_dtype
         first = self.post_net.hidden[0]
-        kernel = first.dense.kernel[:self.config.deterministic_size]
-        x = first.activate(tf.matmul(tf.cast(h, dtype), tf.cast(kernel, dtype))
-                           + tf.cast(e_proj, dtype))
-        for layer in self.post_net.hidden[1:]:
-            x = layer(x)
-        return self._to_logits(self.post_net.out(x))
+        x = first.activate(mm("post/0", tf.cast(h, dtype), first.dense.kernel,
+                              (0, self.config.deterministic_size)) + tf.cast(e_proj, dtype))
+        for i, layer in enumerate(self.post_net.hidden[1:]):
+            x = layer.activate(mm(f"post/{i + 1}", x, layer.dense.kernel))
+        out = self.post_net.out
+        return self._to_logits(mm("post/out", x, out.kernel) + tf.cast(out.bias, dtype))
+
+    def _observe_step(self, h: tf.Tensor, z: tf.Tensor, first: tf.Tensor, a_proj: tf.Tensor,
+                      e_proj: tf.Tensor, noise: tf.Tensor | None, mm: Any = matmul
+                      ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One step of the observe loop: reset where ``first`` [B, 1] is 1, then
+        ``h'``, the posterior logits and ``z'`` (from ``noise``, or the mode)."""
+        keep = 1.0 - first
+        h = self._core(h * keep, z * keep, a_proj, mm)  # the initial state is zeros
+        post = self._post_logits(h, e_proj, mm)
+        return h, sample_latent(post, noise), post
+
+    def _observe_loop(self, h0: tf.Tensor, z0: tf.Tensor, first: tf.Tensor, a_proj: tf.Tensor,
+                      e_proj: tf.Tensor, noise: tf.Tensor | None
+                      ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """:meth:`_observe_step` over time-major inputs ([T, B, ...]), by ``tf.scan``."""
+        c = self.config
+        elems = (first, a_proj, e_proj) + ((noise,) if noise is not None else ())
+
+        def step(carry, inputs):
+            return self._observe_step(carry[0], carry[1], *inputs[:3],
+                                      inputs[3] if noise is not None else None)
+
+        init = (h0, z0, tf.zeros(tf.concat([tf.shape(h0)[:1],
+                                            [c.n_categories, c.n_classes]], 0)))
+        return tf.scan(step, elems, initializer=init)
 
     def prior_logits(self, h: tf.Tensor) -> tf.Tensor:
         """Unimix-adjusted prior logits from ``h`` [..., D] -> [..., S, K]."""
@@ -287,19 +323,9 @@ class Rssm(keras.layers.Layer):
         if noise is not None:
             time_major.append(tf.transpose(noise, [1, 0, 2, 3]))
 
-        def step(carry, inputs):
-            h, z, _ = carry
-            first_t, a_t, e_t = inputs[:3]
-            keep = 1.0 - first_t
-            h, z = h * keep, z * keep  # the initial state is zeros
-            h = self._core(h, z, a_t)
-            post = self._post_logits(h, e_t)
-            z = sample_latent(post, inputs[3] if len(inputs) > 3 else None)
-            return h, z, post
-
-        init = (state.h, state.z,
-                tf.zeros(tf.concat([tf.shape(obs)[:1], [c.n_categories, c.n_classes]], 0)))
-        hs, zs, posts = tf.scan(step, tuple(time_major), initializer=init)
+        loop = partial(observe_scan, self) if self.manual_gradient else self._observe_loop
+        hs, zs, posts = loop(state.h, state.z, *time_major[:3],
+                             time_major[3] if noise is not None else None)
         hs = tf.transpose(hs, [1, 0, 2])
         zs = tf.transpose(zs, [1, 0, 2])
         posts = tf.transpose(posts, [1, 0, 2, 3])
@@ -368,5 +394,5 @@ class Rssm(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(config=self.config.to_dict(), twohot=self.twohot.get_config(),
-                      seed=self.seed)
+                      seed=self.seed, manual_gradient=self.manual_gradient)
         return config

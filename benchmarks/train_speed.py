@@ -1,0 +1,191 @@
+"""Training-update speed of the world model, measured in one run.
+
+Rows: the full update (encoder, RSSM observe loop, prior, decoder, reward and continue
+heads, the SPEC loss, Adam) at the seed configuration, B16 x T64 by default, run
+eagerly, as a ``tf.function`` and with XLA; XLA with TensorFlow's autodiff of the loop
+instead of the hand-written backward; XLA under ``mixed_bfloat16``; imagination of
+1024 starts x 15 steps; a dense matmul (the machine's practical peak); and, when
+``torch`` and ``torchrl`` import, TorchRL's DreamerV3 world model for the ratio.
+
+    python benchmarks/train_speed.py [--batch 16] [--seq 64] [--iters 10] [--json out.json]
+
+Reported: median ms per update after warm-up, compile time (first call), peak RSS,
+transitions per second, analytic FLOPs and achieved GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from rssm_tf import RssmConfig, RssmState  # noqa: E402
+from rssm_tf.world_model import WorldModel  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn, iters: int, warmup: int) -> tuple[float, float]:
+    """(first-call seconds, median ms of ``iters`` calls after ``warmup`` more)."""
+    start = time.perf_counter()
+    _block(fn())
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        _block(fn())
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        _block(fn())
+        times.append((time.perf_counter() - start) * 1000.0)
+    return first, float(np.median(times))
+
+
+def _block(value) -> None:
+    for leaf in tf.nest.flatten(value):
+        if hasattr(leaf, "numpy"):
+            leaf.numpy()
+
+
+def kernel_params(model: WorldModel) -> int:
+    """Weights that multiply an activation (kernels), the FLOP-bearing parameters."""
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables if len(v.shape) >= 2))
+
+
+def make_batch(config: RssmConfig, batch: int, seq: int) -> dict[str, tf.Tensor]:
+    rng = np.random.default_rng(0)
+    first = np.zeros((batch, seq), np.float32)
+    first[:, 0] = 1
+    return {"obs": tf.constant(rng.normal(size=(batch, seq, config.obs_dim)), tf.float32),
+            "action": tf.constant(rng.uniform(-1, 1, (batch, seq, config.action_dim)),
+                                  tf.float32),
+            "reward": tf.constant(rng.normal(size=(batch, seq)), tf.float32),
+            "is_first": tf.constant(first),
+            "is_terminal": tf.zeros((batch, seq))}
+
+
+def ours(config: RssmConfig, batch: int, seq: int, mode: str, iters: int, warmup: int,
+         precision: str = "float32", manual: bool = True) -> dict:
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = WorldModel(config, check_numerics=False)
+        model.rssm.manual_gradient = manual
+        model.compile(optimizer=keras.optimizers.Adam(1e-4, epsilon=1e-8,
+                                                      global_clipnorm=1000.0),
+                      jit_compile=(mode == "xla"))
+        data = make_batch(config, batch, seq)
+        step = model.train_step if mode == "eager" else tf.function(
+            model.train_step, jit_compile=(mode == "xla"))
+        first, ms = timed(lambda: step(data), iters, warmup)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    flops = 6.0 * batch * seq * kernel_params(model)
+    return {"ms": ms, "compile_s": first, "peak_rss_mb": peak_rss_mb(),
+            "transitions_per_s": batch * seq / (ms / 1000.0), "gflop": flops / 1e9,
+            "gflops_per_s": flops / 1e9 / (ms / 1000.0)}
+
+
+def imagine_row(config: RssmConfig, starts: int, horizon: int, iters: int, warmup: int) -> dict:
+    model = WorldModel(config)
+    rssm = model.rssm
+    rng = np.random.default_rng(0)
+    h = tf.constant(rng.normal(size=(starts, config.deterministic_size)), tf.float32)
+    z = tf.one_hot(rng.integers(0, config.n_classes, (starts, config.n_categories)),
+                   config.n_classes)
+    z = tf.reshape(z, [starts, -1])
+    actions = tf.constant(rng.uniform(-1, 1, (starts, horizon, config.action_dim)), tf.float32)
+    noise = tf.constant(rng.uniform(0.01, 0.99, (starts, horizon, config.n_categories,
+                                                 config.n_classes)), tf.float32)
+
+    @tf.function(jit_compile=True)
+    def run():
+        states, _ = rssm.imagine(RssmState(h, z), actions, noise=noise)
+        return rssm.predict_reward(states.h, states.z)
+
+    first, ms = timed(run, iters, warmup)
+    return {"ms": ms, "compile_s": first, "peak_rss_mb": peak_rss_mb()}
+
+
+def matmul_peak(dtype: str, n: int = 2048, iters: int = 10) -> float:
+    a = tf.random.normal([n, n], dtype="float32")
+    a = tf.cast(a, dtype)
+    fn = tf.function(lambda: tf.matmul(a, a), jit_compile=True)
+    _, ms = timed(fn, iters, 2)
+    return 2.0 * n ** 3 / 1e9 / (ms / 1000.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--eager-iters", type=int, default=2)
+    parser.add_argument("--obs-dim", type=int, default=64)
+    parser.add_argument("--action-dim", type=int, default=11)
+    parser.add_argument("--no-torchrl", action="store_true")
+    parser.add_argument("--json", default="train_speed.json")
+    args = parser.parse_args()
+    config = RssmConfig(obs_dim=args.obs_dim, action_dim=args.action_dim)
+    b, t = args.batch, args.seq
+    rows = {}
+    rows["xla (hand-written backward)"] = ours(config, b, t, "xla", args.iters, args.warmup)
+    rows["xla, autodiff backward"] = ours(config, b, t, "xla", args.iters, args.warmup,
+                                          manual=False)
+    rows["xla, mixed_bfloat16"] = ours(config, b, t, "xla", args.iters, args.warmup,
+                                       precision="mixed_bfloat16")
+    rows["tf.function"] = ours(config, b, t, "function", args.iters, args.warmup)
+    rows["eager"] = ours(config, b, t, "eager", args.eager_iters, 0)
+    torchrl = None
+    if not args.no_torchrl:
+        try:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from torchrl_reference import torchrl_update  # optional: torch + torchrl
+
+            torchrl = torchrl_update(config, b, t, args.iters, args.warmup)
+            rows["TorchRL DreamerV3"] = torchrl
+        except ImportError as error:
+            print(f"TorchRL row skipped: {error}")
+    imagine = imagine_row(config, 1024, 15, args.iters, args.warmup)
+    peak32 = matmul_peak("float32")
+    peak16 = matmul_peak("bfloat16")
+
+    best = rows["xla (hand-written backward)"]
+    print(f"seed config (D {config.deterministic_size}, {config.n_categories}x"
+          f"{config.n_classes} latents, H {config.hidden_size}, {config.n_blocks} blocks), "
+          f"B{b} x T{t}, update = {best['gflop']:.1f} GFLOP (analytic)")
+    print(f"{'update':<30} {'ms':>8} {'compile s':>10} {'trans/s':>9} {'GFLOP/s':>8} "
+          f"{'peak RSS MB':>12}")
+    for name, row in rows.items():
+        print(f"{name:<30} {row['ms']:>8.1f} {row['compile_s']:>10.1f} "
+              f"{row['transitions_per_s']:>9.0f} {row.get('gflops_per_s', float('nan')):>8.1f} "
+              f"{row['peak_rss_mb']:>12.0f}")
+    print(f"{'imagine 1024 x 15 (xla)':<30} {imagine['ms']:>8.1f} {imagine['compile_s']:>10.1f}")
+    print(f"dense matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s; "
+          f"the update reaches {100 * best['gflops_per_s'] / peak32:.0f}% of float32")
+    report = {"config": config.to_dict(), "batch": b, "seq": t, "rows": rows,
+              "imagine_1024x15": imagine, "matmul_gflops": {"float32": peak32,
+                                                            "bfloat16": peak16},
+              "fraction_of_fp32_peak": best["gflops_per_s"] / peak32}
+    if torchrl is not None:
+        report["torchrl_ms_over_ours"] = torchrl["ms"] / best["ms"]
+        print(f"TorchRL ms / ours (float32, XLA): {report['torchrl_ms_over_ours']:.2f}")
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
