@@ -43,11 +43,15 @@ def latest_version(base: Path) -> Path:
 
 
 class OnnxBackend:
-    """ONNX Runtime sessions, one per signature file, opened on first use."""
+    """ONNX Runtime sessions, one per signature file, opened on first use.
+
+    ``threads``: intra-op threads per session; None keeps ONNX Runtime's default (one
+    per core), the fastest for a single caller (batch-1 observe 0.50 ms vs 0.81 ms with
+    one thread on 2 cores); set 1 when many client threads share the machine."""
 
     name = "onnx"
 
-    def __init__(self, onnx_dir: str | os.PathLike, threads: int | None = 1) -> None:
+    def __init__(self, onnx_dir: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         self.onnx_dir = Path(onnx_dir)

@@ -168,7 +168,7 @@ def _rss_mb():
 def test_soak_memory_is_flat_and_nothing_retraces(exported):
     """10,000 obs_step calls through the SavedModel and ONNX Runtime, then a few
     hundred training steps: RSS grows by less than 64 MB after warm-up and the
-    training step is traced once."""
+    training step is not traced again after warm-up."""
     from serving.client import WorldModelClient
 
     out, _ = exported
@@ -186,11 +186,16 @@ def test_soak_memory_is_flat_and_nothing_retraces(exported):
         grown = _rss_mb() - before
         assert grown < 64, f"{backend}: RSS grew by {grown:.1f} MB over 10,000 calls"
     model = WorldModel(CONFIG)
+    traces = []
+    step = model.train_step
+    model.train_step = lambda data: (traces.append(1), step(data))[1]  # Python runs per trace
     model.compile()
     data = make_dataset([episode(50), episode(40)], 4, 8)
     model.fit(data, steps_per_epoch=50, verbose=0)
+    warm = len(traces)
+    assert 1 <= warm <= 2  # Keras traces the step once or twice while building fit's function
     before = _rss_mb()
     model.fit(data, steps_per_epoch=300, epochs=2, verbose=0)
     grown = _rss_mb() - before
     assert grown < 64, f"training: RSS grew by {grown:.1f} MB over 600 steps"
-    assert model.train_function.experimental_get_tracing_count() == 1
+    assert len(traces) == warm, "the training step was traced again after warm-up"

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+
+from rssm_tf.cli import main
+from rssm_tf.collect import collect
+from rssm_tf.data import EpisodeStore, load_episode
+
+
+def test_collect_discrete_and_continuous(tmp_path):
+    paths = collect("CartPole-v1", 3, tmp_path / "cart", seed=1)
+    assert len(paths) == 3
+    ep = load_episode(paths[0])
+    assert ep["obs"].shape[1] == 4 and ep["action"].shape[1] == 2
+    np.testing.assert_array_equal(ep["action"][0], [0, 0])            # no action at t=0
+    np.testing.assert_array_equal(ep["action"][1:].sum(-1), 1.0)       # one-hot
+    assert ep["is_first"][0] == 1 and ep["is_first"][1:].sum() == 0
+    assert ep["reward"][0] == 0 and np.all(ep["reward"][1:] == 1.0)
+    assert ep["is_terminal"][-1] == 1.0 or len(ep["obs"]) == 501       # fell over or time limit
+    pend = load_episode(collect("Pendulum-v1", 1, tmp_path / "pend", max_steps=30)[0])
+    assert pend["obs"].shape == (30, 3) and pend["action"].shape == (30, 1)
+    assert np.all(np.abs(pend["action"]) <= 2.0) and pend["is_terminal"].sum() == 0
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(env_id="NoSuchEnv-v0", episodes=1), ValueError, "env_id 'NoSuchEnv-v0'"),
+    (dict(env_id="CartPole-v1", episodes=0), ValueError, "episodes must be a positive"),
+    (dict(env_id="CartPole-v1", episodes=1, max_steps=0), ValueError, "max_steps"),
+])
+def test_collect_errors(tmp_path, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        collect(directory=tmp_path, **kwargs)
+    assert len(EpisodeStore(tmp_path)) == 0
+
+
+def test_cli_collect_train_evaluate_imagine(tmp_path, capsys):
+    data, test, model = tmp_path / "train", tmp_path / "test", tmp_path / "run" / "m.keras"
+    assert main(["collect", "--env", "Pendulum-v1", "--episodes", "2", "--out", str(data),
+                 "--max-steps", "40"]) == 0
+    assert main(["collect", "--env", "Pendulum-v1", "--episodes", "1", "--out", str(test),
+                 "--seed", "50", "--max-steps", "40"]) == 0
+    small = json.dumps(dict(deterministic_size=16, n_categories=4, n_classes=4,
+                            hidden_size=16, n_blocks=2))
+    assert main(["train", "--data", str(data), "--model", str(model), "--steps", "4",
+                 "--batch-size", "2", "--seq-len", "8", "--config", small,
+                 "--val-data", str(test), "--log-dir", str(tmp_path / "logs")]) == 0
+    assert model.is_file() and list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert main(["train", "--data", str(data), "--model", str(model), "--steps", "2",
+                 "--batch-size", "2", "--seq-len", "8"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(model), "--data", str(test),
+                 "--json", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert len(result["obs_mse"]) == 15 and result["windows"] == 2
+    assert main(["imagine", "--model", str(model), "--data", str(test),
+                 "--out", str(tmp_path / "dream.png")]) == 0
+    assert (tmp_path / "dream.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["evaluate", "--model", str(tmp_path / "none.keras"), "--data", str(test)]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(data)])  # --model is required: argparse exits
