@@ -31,7 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from rssm_tf import RssmConfig  # noqa: E402
-from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard, write_atomic  # noqa: E402
+from rssm_tf.atomic import write_atomic  # noqa: E402
+from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard  # noqa: E402
 from rssm_tf.collect import collect  # noqa: E402
 from rssm_tf.data import EpisodeStore, make_dataset  # noqa: E402
 from rssm_tf.saving import AtomicModelCheckpoint, save_world_model  # noqa: E402

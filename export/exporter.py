@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from export.module import SIGNATURES, InferenceModule
 from export.parity import format_table, parity_report
+from rssm_tf.atomic import atomic_path, write_atomic
 from rssm_tf.saving import load_world_model
 
 OPSET = 17
@@ -56,11 +57,7 @@ def next_version(model_dir: Path) -> int:
 
 
 def write_json(path: Path, value: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_version(module: InferenceModule, model_dir: Path, version: int) -> Path:
@@ -87,17 +84,17 @@ def convert_onnx(saved_model: Path, onnx_dir: Path, signatures: tuple[str, ...] 
     onnx_dir.mkdir(parents=True, exist_ok=True)
 
     def one(name: str) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".onnx", dir=onnx_dir)
-        os.close(fd)
-        command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
-                   "--signature_def", name, "--opset", str(OPSET), "--output", tmp]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
-        if proc.returncode != 0:
-            Path(tmp).unlink(missing_ok=True)
-            raise ExportError(f"tf2onnx failed on signature {name}:\n{proc.stderr[-3000:]}")
         target = onnx_dir / f"{name}.onnx"
-        os.replace(tmp, target)
+        with atomic_path(target, suffix=".onnx") as tmp:
+            command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model",
+                       str(saved_model), "--signature_def", name, "--opset", str(OPSET),
+                       "--output", str(tmp)]
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            proc = subprocess.run(command, capture_output=True, text=True, env=env,
+                                  timeout=1800)
+            if proc.returncode != 0:
+                raise ExportError(f"tf2onnx failed on signature {name}:\n"
+                                  f"{proc.stderr[-3000:]}")
         return target
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

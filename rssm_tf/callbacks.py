@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from rssm_tf.atomic import write_atomic
 
 
 class NonFiniteMetricError(FloatingPointError):
@@ -49,21 +50,6 @@ class NonFiniteGuard(keras.callbacks.Callback):
                     raise NonFiniteMetricError(self.message)
                 print(self.message)
                 return
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def imagination_figure(real_obs: np.ndarray, dream_obs: np.ndarray, real_reward: np.ndarray,

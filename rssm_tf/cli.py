@@ -140,7 +140,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"{i + 1:>4} {result['obs_mse'][i]:>10.4f} {result['mean_obs_mse'][i]:>10.4f} "
               f"{result['reward_mse'][i]:>10.4f} {result['mean_reward_mse'][i]:>10.4f}")
     if args.json:
-        from rssm_tf.callbacks import write_atomic
+        from rssm_tf.atomic import write_atomic
 
         write_atomic(args.json, json.dumps(result, indent=2).encode())
 

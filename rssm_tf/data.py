@@ -21,7 +21,6 @@ never leaves a half-written episode under a real name.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 import zipfile
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from rssm_tf.atomic import atomic_path
 
 EPISODE_KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
 
@@ -89,16 +90,8 @@ def save_episode(directory: str | os.PathLike, episode: dict[str, Any],
     path = directory / f"{name}.npz"
     if path.exists():
         raise FileExistsError(f"{path} already exists; episodes are never overwritten")
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.config import KlBalanceConfig, RssmConfig
+from rssm_tf.data import EPISODE_KEYS
 from rssm_tf.heads import make_decoder
 from rssm_tf.latents import latent_distribution, uniform_noise
 from rssm_tf.losses import TwohotEncoder, kl_balanced_loss
@@ -26,7 +27,7 @@ from rssm_tf.math import symexp, symlog
 from rssm_tf.rssm import Rssm
 from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
 
-BATCH_KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
+BATCH_KEYS = EPISODE_KEYS  # a batch holds windows of the episode arrays
 METRIC_NAMES = ("loss", "rec", "rew", "con", "dyn", "rep", "kl", "prior_ent",
                 "post_ent", "grad_norm")
 
@@ -92,10 +93,14 @@ class WorldModel(keras.Model):
                 jit_compile: bool | None = None, **kwargs: Any) -> None:
         """``compile()`` alone: :func:`default_optimizer` and XLA.
 
-        ``jit_compile=None`` means True, except under a strategy with several replicas
-        on CPU devices (XLA cannot reach one logical CPU's variables from another), where
-        the step runs as a plain ``tf.function``. The loss is built in; ``loss=`` is
-        not accepted.
+        The update (loss, gradients, optimiser) is one ``tf.function(jit_compile=True)``
+        (``model.xla``); on one device the step around it stays a plain graph that
+        checks the batch, so NaN/Inf inputs are named even though XLA drops
+        ``tf.debugging`` checks (with several replicas Keras compiles the whole step).
+        ``jit_compile=None`` means XLA, except under a strategy with several replicas
+        on CPU devices (XLA cannot reach one logical CPU's variables from another) and
+        while TF op determinism is on (as Keras does). The loss is built in; ``loss=``
+        is not accepted.
         """
         if kwargs.get("loss") is not None:
             raise ValueError("WorldModel computes its own loss; do not pass loss=")
@@ -106,8 +111,34 @@ class WorldModel(keras.Model):
             if not jit_compile:
                 print("WorldModel.compile: several replicas on CPU devices; XLA is off "
                       "for this strategy")
+        from tensorflow.python.framework import config as tf_config
+
+        self.xla = bool(jit_compile) and not tf_config.is_op_determinism_enabled()
+        self._compiled: dict[str, Any] = {}
+        # Several replicas: no nested function may hold the optimiser's all-reduce, so
+        # Keras compiles the whole step (under XLA the batch checks are then dropped).
+        replicated = self.distribute_strategy.num_replicas_in_sync > 1
         super().compile(optimizer=optimizer or default_optimizer(),
-                        jit_compile=jit_compile, **kwargs)
+                        jit_compile=self.xla and replicated, **kwargs)
+
+    def _run_compiled(self, name: str, fn: Any, batch: dict[str, tf.Tensor]) -> Any:
+        """``fn(batch)`` as a cached ``tf.function`` (with XLA when ``self.xla``), or
+        directly when running eagerly."""
+        if (self.run_eagerly or self.distribute_strategy.num_replicas_in_sync > 1
+                or (tf.executing_eagerly() and not self.xla)):
+            return fn(batch)
+        if name not in self._compiled:
+            self._compiled[name] = tf.function(fn, jit_compile=self.xla)
+        return self._compiled[name](batch)
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        """Builds the optimiser before the first step (the layers are built in
+        ``__init__``). Keras' own version first averages one batch across replicas
+        with ``strategy.reduce``, which fails for a dict batch under
+        ``MultiWorkerMirroredStrategy`` (Keras 3.15)."""
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def get_compile_config(self) -> dict[str, Any] | None:
         return super().get_compile_config()
@@ -209,8 +240,21 @@ class WorldModel(keras.Model):
             self.trackers[name].update_state(value)
         return {name: self.trackers[name].result() for name in logs}
 
+    def _step_outputs(self, logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The step's logs as ``fit`` can reduce them. With several workers Keras 3
+        averages step outputs by ``strategy.reduce("MEAN", v, axis=0)``, which fails on
+        scalars (tensorflow/tensorflow#72388); there each gets a leading axis of 1, and
+        the reduction gives scalars back."""
+        extended = self.distribute_strategy.extended
+        multi_worker = getattr(extended, "_in_multi_worker_mode", lambda: False)()
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()} if multi_worker else logs
+
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
-        batch = self.validate_batch(data)
+        batch = self.validate_batch(data)  # outside XLA, so the checks really run
+        return self._step_outputs(self._run_compiled("train", self._update, batch))
+
+    def _update(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Loss, gradients, optimiser step and metrics for a checked batch."""
         noise = self._training_noise(batch)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
@@ -235,6 +279,9 @@ class WorldModel(keras.Model):
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.validate_batch(data)
+        return self._step_outputs(self._run_compiled("test", self._evaluate, batch))
+
+    def _evaluate(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         _, logs = self.compute_losses(batch, None)
         return self._update_trackers(logs)
 

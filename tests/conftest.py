@@ -49,3 +49,14 @@ def exported(model_path, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("exported")
     return out, export_model(model_path, out, name="wm", verbose=False)
+
+
+@pytest.fixture
+def op_determinism():
+    """TF op determinism for one test. It is process-wide, and while it is on Keras
+    compiles without XLA, so it is switched off again afterwards."""
+    from tensorflow.python.framework import config  # disable_* is not in the public API
+
+    tf.config.experimental.enable_op_determinism()
+    yield
+    config.disable_op_determinism()

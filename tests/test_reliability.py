@@ -12,7 +12,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from rssm_tf import RssmConfig
 from rssm_tf.data import EpisodeStore, load_episode, make_dataset
@@ -50,8 +49,7 @@ def test_extreme_episodes_train_with_finite_loss_and_gradients(name, episodes):
     assert all(np.all(np.isfinite(w)) for w in model.get_weights()), name
 
 
-def test_two_seeded_runs_are_bit_identical():
-    tf.config.experimental.enable_op_determinism()
+def test_two_seeded_runs_are_bit_identical(op_determinism):
     eps = [episode(30), episode(20)]
 
     def run():
