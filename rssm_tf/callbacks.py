@@ -7,7 +7,6 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -121,6 +120,3 @@ class ImaginationCallback(keras.callbacks.Callback):
             with self.writer.as_default():
                 tf.summary.image("imagination", tf.image.decode_png(png)[None], step=epoch)
             self.writer.flush()
-
-    def get_config(self) -> dict[str, Any]:  # pragma: no cover - not serialised
-        return {}
