@@ -83,15 +83,11 @@ class InferenceModule(tf.Module):
         return {"h_next": state.h, "z_next": state.z, "prior_logits": prior}
 
     def predict(self, h, z) -> dict[str, tf.Tensor]:
-        reward_logits = self.rssm.predict_reward(h, z)
-        cont_logits = self.rssm.predict_continue(h, z)[..., 0]
-        return {"reward": self.rssm.decode_reward(reward_logits),
-                "reward_logits": reward_logits, "continue_prob": tf.sigmoid(cont_logits),
-                "continue_logits": cont_logits}
+        return self.rssm.predict(h, z)
 
     def imagine(self, h, z, actions, noise=None, mode=False) -> dict[str, tf.Tensor]:
-        noise = self._noise(noise, mode, actions[..., :1]) if noise is None else noise
-        states, _ = self.rssm.imagine(RssmState(h, z), actions, sample=False, noise=noise)
+        states, _ = self.rssm.imagine(RssmState(h, z), actions, sample=False,
+                                      noise=self._noise(noise, mode, actions[..., :1]))
         out = self.predict(states.h, states.z)
         return {"h_seq": states.h, "z_seq": states.z, "reward": out["reward"],
                 "continue_prob": out["continue_prob"]}

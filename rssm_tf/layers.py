@@ -249,7 +249,7 @@ class BlockGRU(keras.layers.Layer):
     def project_input(self, x: tf.Tensor) -> tf.Tensor:
         """The input term of the first linear map: [..., X] -> [..., units] (blocks)
         or [..., 3*units] (dense). Linear, so it can be split over parts of ``x``."""
-        return tf.matmul(x, tf.cast(self.input_kernel, x.dtype))
+        return matmul("gru/input", x, self.input_kernel)
 
     def step(self, h: tf.Tensor, x_proj: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
         """One update from ``h`` [B, units] and ``project_input(x)``; float32 result.

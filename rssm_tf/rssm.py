@@ -125,13 +125,13 @@ class Rssm(keras.layers.Layer):
         a = action / tf.stop_gradient(tf.maximum(1.0, tf.abs(action)))
         a_feat = self.inp_a(tf.cast(a, self.compute_dtype))
         H = self.config.hidden_size
-        return tf.matmul(a_feat, tf.cast(self.gru.input_kernel[2 * H:], a_feat.dtype))
+        return matmul("gru/input_a", a_feat, self.gru.input_kernel, (2 * H, 3 * H))
 
     def _embed_proj(self, obs: tf.Tensor) -> tf.Tensor:
         """Posterior's first-layer term of the observation, [..., O] -> [..., H]."""
-        embed = self.encoder(obs)
-        kernel = self.post_net.hidden[0].dense.kernel[self.config.deterministic_size:]
-        return tf.matmul(embed, tf.cast(kernel, embed.dtype))
+        D, H = self.config.deterministic_size, self.config.hidden_size
+        return matmul("post/embed", self.encoder(obs), self.post_net.hidden[0].dense.kernel,
+                      (D, D + H))
 
     def _core(self, h: tf.Tensor, z: tf.Tensor, a_proj: tf.Tensor,
               mm: Any = matmul) -> tf.Tensor:
@@ -269,6 +269,15 @@ class Rssm(keras.layers.Layer):
     def predict_continue(self, h: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
         """Continue Bernoulli logit [..., 1] from ``h`` [..., D] and ``z`` [..., S*K]."""
         return tf.cast(self.continue_head(self._feat(h, z)), "float32")
+
+    def predict(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Both heads read out for ``h`` [..., D], ``z`` [..., S*K]: ``reward`` [...]
+        (decoded), ``reward_logits`` [..., bins], ``continue_prob`` [...] and
+        ``continue_logits`` [...]."""
+        reward_logits = self.predict_reward(h, z)
+        cont_logits = self.predict_continue(h, z)[..., 0]
+        return {"reward": self.decode_reward(reward_logits), "reward_logits": reward_logits,
+                "continue_prob": tf.sigmoid(cont_logits), "continue_logits": cont_logits}
 
     def decode_reward(self, reward_logits: tf.Tensor) -> tf.Tensor:
         """Expected reward [...] from twohot logits [..., bins]."""

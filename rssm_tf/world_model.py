@@ -140,9 +140,6 @@ class WorldModel(keras.Model):
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
-    def get_compile_config(self) -> dict[str, Any] | None:
-        return super().get_compile_config()
-
     def compile_from_config(self, config: dict[str, Any]) -> None:
         """Re-compiles a loaded model with its saved optimiser (``.keras`` loading)."""
         config = keras.saving.deserialize_keras_object(config)
@@ -180,16 +177,14 @@ class WorldModel(keras.Model):
         batch = self.validate_batch(inputs)
         states, post, prior = self.rssm.observe(batch["obs"], batch["action"],
                                                 batch["is_first"], sample=False)
-        return self._heads(states, post, prior)
+        return {**self._heads(states), "post_logits": post, "prior_logits": prior}
 
-    def _heads(self, states, post, prior) -> dict[str, tf.Tensor]:
-        rew_logits = self.rssm.predict_reward(states.h, states.z)
-        cont_logits = self.rssm.predict_continue(states.h, states.z)[..., 0]
+    def _heads(self, states) -> dict[str, tf.Tensor]:
+        """Decoder and heads on ``states``: ``obs`` (decoded), ``recon_symlog`` and
+        :meth:`Rssm.predict`'s reward and continue outputs."""
         recon = tf.cast(self.decoder(states.feat()), "float32")
         return {"obs": symexp(recon), "recon_symlog": recon,
-                "reward": self.rssm.decode_reward(rew_logits), "reward_logits": rew_logits,
-                "continue_prob": tf.sigmoid(cont_logits), "continue_logits": cont_logits,
-                "post_logits": post, "prior_logits": prior}
+                **self.rssm.predict(states.h, states.z)}
 
     def compute_losses(self, batch: dict[str, tf.Tensor], noise: tf.Tensor | None = None
                        ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
@@ -200,7 +195,7 @@ class WorldModel(keras.Model):
         states, post, prior = self.rssm.observe(batch["obs"], batch["action"],
                                                 batch["is_first"], sample=False,
                                                 noise=noise)
-        out = self._heads(states, post, prior)
+        out = self._heads(states)
         rec = tf.reduce_sum(tf.square(out["recon_symlog"] - symlog(batch["obs"])), -1)
         rew = self.twohot.loss(out["reward_logits"], batch["reward"])
         con = tf.nn.sigmoid_cross_entropy_with_logits(
@@ -312,17 +307,10 @@ class WorldModel(keras.Model):
         last = type(states)(states.h[:, -1], states.z[:, -1])
         imagined, _ = self.rssm.imagine(last, action[:, context:context + horizon],
                                         sample=False)
-        dream = self._decode(imagined)
-        dream["context_obs"] = self._decode(states)["obs"]
+        keys = ("obs", "reward", "continue_prob")
+        dream = {k: v for k, v in self._heads(imagined).items() if k in keys}
+        dream["context_obs"] = self._heads(states)["obs"]
         return dream
-
-    def _decode(self, states) -> dict[str, tf.Tensor]:
-        recon = tf.cast(self.decoder(states.feat()), "float32")
-        return {"obs": symexp(recon),
-                "reward": self.rssm.decode_reward(self.rssm.predict_reward(states.h,
-                                                                           states.z)),
-                "continue_prob": tf.sigmoid(self.rssm.predict_continue(states.h,
-                                                                       states.z)[..., 0])}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
