@@ -5,10 +5,13 @@ Three lines::
     from rssm_tf import Rssm, RssmConfig
     rssm = Rssm(RssmConfig(obs_dim=4, action_dim=2))
     state, post_logits, prior_logits = rssm.obs_step(rssm.initial_state(1), action, obs)
+
+Images: ``RssmConfig(obs_dim=0, action_dim=2, image_shape=(64, 64, 3))`` and uint8
+frames as ``obs`` (or ``obs_dim > 0`` too, and a dict ``{"obs": ..., "image": ...}``).
 """
 
 from rssm_tf.config import KlBalanceConfig, RssmConfig
-from rssm_tf.heads import VectorEncoder
+from rssm_tf.heads import ImageDecoder, ImageEncoder, ObsDecoder, ObsEncoder, VectorEncoder
 from rssm_tf.latents import latent_distribution, mix_logits, sample_latent
 from rssm_tf.layers import BlockGRU, BlockLinear, Mlp, NormDense
 from rssm_tf.losses import KlLoss, TwohotEncoder, categorical_kl, kl_balanced_loss
@@ -18,7 +21,8 @@ from rssm_tf.rssm import Rssm, RssmState
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockGRU", "BlockLinear", "KlBalanceConfig", "KlLoss", "Mlp", "NormDense", "Rssm",
+    "BlockGRU", "BlockLinear", "ImageDecoder", "ImageEncoder", "KlBalanceConfig", "KlLoss",
+    "Mlp", "NormDense", "ObsDecoder", "ObsEncoder", "Rssm",
     "RssmConfig", "RssmState", "TwohotEncoder", "VectorEncoder", "categorical_kl",
     "kl_balanced_loss", "latent_distribution", "mix_logits", "sample_latent", "symexp",
     "symlog",

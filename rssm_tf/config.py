@@ -55,9 +55,18 @@ class RssmConfig:
     prior_layers: int = 2
     posterior_layers: int = 1
     initial: str = "zeros"
+    image_shape: tuple[int, int, int] | None = None
+    cnn_depth: int = 32
+    cnn_kernel: int = 4
+    cnn_minres: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("obs_dim", "action_dim", "deterministic_size", "n_categories",
+        if isinstance(self.obs_dim, bool) or not isinstance(self.obs_dim, int) \
+                or self.obs_dim < 0:
+            raise ValueError(f"obs_dim must be a non-negative integer (0: no vector "
+                             f"observation), got {self.obs_dim!r}")
+        self._check_image()
+        for name in ("action_dim", "deterministic_size", "n_categories",
                      "n_classes", "hidden_size", "head_layers", "encoder_layers",
                      "decoder_layers", "prior_layers", "posterior_layers"):
             _positive_int(name, getattr(self, name))
@@ -82,6 +91,53 @@ class RssmConfig:
         if self.initial not in _INITIAL:
             raise ValueError(f"initial must be one of {_INITIAL}, got {self.initial!r}")
 
+    def _check_image(self) -> None:
+        for name in ("cnn_depth", "cnn_kernel", "cnn_minres"):
+            _positive_int(name, getattr(self, name))
+        shape = self.image_shape
+        if shape is None:
+            if self.obs_dim == 0:
+                raise ValueError("obs_dim is 0 and image_shape is None: the model needs "
+                                 "a vector (obs_dim > 0) or an image (image_shape) input")
+            return
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") \
+                or len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int)
+                                          or v <= 0 for v in shape):
+            raise ValueError(f"image_shape must be (height, width, channels) of positive "
+                             f"integers, got {shape!r}")
+        object.__setattr__(self, "image_shape", tuple(shape))  # JSON gives a list
+        height, width, _ = shape
+        stages = self.cnn_stages
+        if stages < 1:
+            raise ValueError(f"image_shape {tuple(shape)}: the image must be taller than "
+                             f"cnn_minres={self.cnn_minres}")
+        step = 2 ** stages
+        for side, size in (("height", height), ("width", width)):
+            if size % step:
+                below, above = max(step, size // step * step), (size // step + 1) * step
+                raise ValueError(
+                    f"image_shape {side} {size} must be a multiple of 2**{stages} = {step}: "
+                    f"the encoder halves the image {stages} times (strided convolutions "
+                    f"from height {height} down to cnn_minres={self.cnn_minres}); use "
+                    f"e.g. {below} or {above}")
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        """The observation keys of the model: ``"obs"`` (vector) and/or ``"image"``."""
+        return (("obs",) if self.obs_dim else ()) + \
+            (("image",) if self.image_shape else ())
+
+    @property
+    def cnn_stages(self) -> int:
+        """Strided convolutions of the image encoder: halvings of the image height
+        until it is at most ``cnn_minres`` (0 without images)."""
+        if not self.image_shape:
+            return 0
+        stages, height = 0, self.image_shape[0]
+        while height > self.cnn_minres:
+            height, stages = height / 2, stages + 1
+        return stages
+
     @property
     def stoch_size(self) -> int:
         """S*K, the width of the flattened latent ``z``."""
@@ -94,7 +150,10 @@ class RssmConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (JSON-serialisable)."""
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if self.image_shape is not None:
+            values["image_shape"] = list(self.image_shape)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RssmConfig:

@@ -5,7 +5,9 @@ Episode format: one ``.npz`` file per episode with
 ==============  =========  ===================================================
 key             shape      meaning
 ==============  =========  ===================================================
-``obs``         [T, O]     observation at step t
+``obs``         [T, O]     vector observation at step t (float)
+``image``       [T, H,     image observation at step t, uint8 in [0, 255]
+                W, C]      (an episode has ``obs``, ``image`` or both)
 ``action``      [T, A]     the action that led to ``obs[t]`` (zeros at t=0;
                            discrete actions one-hot)
 ``reward``      [T]        reward received on arriving at ``obs[t]`` (0 at t=0)
@@ -30,8 +32,11 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.atomic import atomic_path
+from rssm_tf.config import RssmConfig
 
-EPISODE_KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
+OBS_KEYS = ("obs", "image")
+STEP_KEYS = ("action", "reward", "is_first", "is_terminal")
+EPISODE_KEYS = ("obs",) + STEP_KEYS  # the keys of a vector episode
 
 
 class EpisodeError(ValueError):
@@ -39,41 +44,70 @@ class EpisodeError(ValueError):
 
 
 def validate_episode(episode: dict[str, Any], where: str = "episode") -> dict[str, np.ndarray]:
-    """Checks keys, ranks, lengths and finiteness; returns float32 arrays.
+    """Checks keys, ranks, lengths and finiteness; returns float32 arrays (``image``
+    stays uint8). Keys other than the observation and step keys are dropped.
 
     ``where`` names the episode in error messages (a file path, for instance).
     """
     if not isinstance(episode, dict) and not hasattr(episode, "keys"):
         raise EpisodeError(f"{where}: an episode must be a dict of arrays, got "
                            f"{type(episode).__name__}")
-    missing = [k for k in EPISODE_KEYS if k not in episode]
+    missing = [k for k in STEP_KEYS if k not in episode]
+    if not any(k in episode for k in OBS_KEYS):
+        missing.insert(0, "obs")
     if missing:
         raise EpisodeError(f"{where}: missing key(s) {missing}; an episode has "
-                           f"{list(EPISODE_KEYS)}")
+                           f"{list(EPISODE_KEYS)} (with 'image' beside or in place of "
+                           "'obs')")
+    keys = [k for k in OBS_KEYS if k in episode] + list(STEP_KEYS)
     out = {}
-    for key in EPISODE_KEYS:
+    for key in keys:
         value = np.asarray(episode[key])
+        if key == "image":
+            if value.dtype != np.uint8:
+                raise EpisodeError(f"{where}: image must be uint8 pixels in [0, 255], got "
+                                   f"dtype {value.dtype}")
+            out[key] = value
+            continue
         if value.dtype.kind not in "fiub":
             raise EpisodeError(f"{where}: {key} must be numeric, got dtype {value.dtype}")
         out[key] = value.astype(np.float32)
-    ranks = {"obs": 2, "action": 2, "reward": 1, "is_first": 1, "is_terminal": 1}
-    for key, rank in ranks.items():
+    ranks = {"obs": (2, "[T, O]"), "image": (4, "[T, H, W, C]"), "action": (2, "[T, A]"),
+             "reward": (1, "[T]"), "is_first": (1, "[T]"), "is_terminal": (1, "[T]")}
+    for key in keys:
+        rank, want = ranks[key]
         if out[key].ndim != rank:
-            want = "[T, O]" if key == "obs" else "[T, A]" if key == "action" else "[T]"
             raise EpisodeError(f"{where}: {key} must have shape {want}, got "
                                f"{list(out[key].shape)}")
     lengths = {k: len(v) for k, v in out.items()}
     if len(set(lengths.values())) != 1:
         raise EpisodeError(f"{where}: all keys must have the same length T, got {lengths}")
-    if lengths["obs"] < 1:
+    if lengths["action"] < 1:
         raise EpisodeError(f"{where}: an episode needs at least one step")
-    for key in EPISODE_KEYS:
-        if not np.all(np.isfinite(out[key])):
+    for key in keys:
+        if key != "image" and not np.all(np.isfinite(out[key])):
             raise EpisodeError(f"{where}: {key} contains NaN or Inf values")
     for key in ("is_first", "is_terminal"):
         if not np.all((out[key] == 0) | (out[key] == 1)):
             raise EpisodeError(f"{where}: {key} must hold only 0 and 1")
     return out
+
+
+def config_for_episode(episode: dict[str, np.ndarray], obs_keys: tuple[str, ...] | None = None,
+                       **fields: Any) -> RssmConfig:
+    """An :class:`RssmConfig` sized for ``episode``'s arrays: ``obs_dim`` from ``obs``,
+    ``image_shape`` from ``image`` (for the ``obs_keys`` chosen; default all the
+    episode has), ``action_dim`` from ``action``; ``fields`` set the rest."""
+    keys = obs_keys if obs_keys is not None else [k for k in OBS_KEYS if k in episode]
+    unknown = [k for k in keys if k not in OBS_KEYS or k not in episode]
+    if unknown or not keys:
+        raise ValueError(f"obs_keys must be a non-empty subset of the episode's "
+                         f"observation keys {[k for k in OBS_KEYS if k in episode]}, "
+                         f"got {list(keys)}")
+    return RssmConfig(obs_dim=episode["obs"].shape[1] if "obs" in keys else 0,
+                      action_dim=episode["action"].shape[1],
+                      image_shape=tuple(episode["image"].shape[1:]) if "image" in keys
+                      else None, **fields)
 
 
 def save_episode(directory: str | os.PathLike, episode: dict[str, Any],
@@ -135,7 +169,8 @@ class EpisodeStore:
 
 def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size: int,
                  seq_len: int, seed: int | None = 0, repeat: bool = True,
-                 prefetch: bool = True) -> tf.data.Dataset:
+                 prefetch: bool = True, obs_keys: tuple[str, ...] | None = None
+                 ) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of random fixed-length windows over the episodes.
 
     Episodes are laid end to end in one stream (their ``is_first`` flags mark the
@@ -147,7 +182,11 @@ def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size
 
     ``directory``: a directory of episode files (or a list of episode dicts).
     Yields dicts ``{obs [B, T, O], action [B, T, A], reward [B, T], is_first [B, T],
-    is_terminal [B, T]}`` (float32), shuffled by the ``seed``, batched
+    is_terminal [B, T]}`` (float32) with ``image`` [B, T, H, W, C] (uint8, as stored:
+    the model scales it in its first op, so batches stay 4x smaller) for image
+    episodes; ``obs_keys`` picks the observation keys (default: those the episodes
+    have, e.g. ``("image",)`` to leave out a vector a pixel model does not use).
+    Windows are shuffled by the ``seed``, batched
     (``drop_remainder``) and prefetched. ``repeat=False`` gives one pass of
     ``total_steps // seq_len`` windows.
     """
@@ -164,13 +203,20 @@ def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size
         episodes = EpisodeStore(directory).load()
     if not episodes:
         raise ValueError(f"no episodes in {where}")
-    dims = {(e["obs"].shape[1], e["action"].shape[1]) for e in episodes}
-    if len(dims) != 1:
-        raise ValueError(f"episodes in {where} disagree on (obs_dim, action_dim): "
-                         f"{sorted(dims)}")
-    stream = {k: np.concatenate([e[k] for e in episodes]) for k in EPISODE_KEYS}
-    stream["is_first"][np.cumsum([0] + [len(e["obs"]) for e in episodes[:-1]])] = 1.0
-    total = len(stream["obs"])
+    have = [k for k in OBS_KEYS if all(k in e for e in episodes)]
+    keys = tuple(obs_keys) if obs_keys is not None else tuple(have)
+    absent = [k for k in keys if k not in have]
+    if absent or not keys or any(k not in OBS_KEYS for k in keys):
+        raise ValueError(f"obs_keys must be a non-empty subset of the observation keys "
+                         f"every episode in {where} has ({have}), got {list(keys)}")
+    keys += STEP_KEYS
+    shapes = {tuple((k, e[k].shape[1:]) for k in keys if k != "reward") for e in episodes}
+    if len(shapes) != 1:
+        raise ValueError(f"episodes in {where} disagree on their per-step shapes: "
+                         f"{sorted(shapes)}")
+    stream = {k: np.concatenate([e[k] for e in episodes]) for k in keys}
+    stream["is_first"][np.cumsum([0] + [len(e["action"]) for e in episodes[:-1]])] = 1.0
+    total = len(stream["action"])
     if total < seq_len:
         raise ValueError(f"the episodes in {where} hold {total} steps in all, fewer "
                          f"than seq_len={seq_len}")

@@ -1,6 +1,12 @@
-"""The networks around the recurrent core: vector encoder, decoder, reward and
-continue heads. Each is an :class:`~rssm_tf.layers.Mlp` of ``Dense -> Norm -> SiLU``
-layers with DreamerV3's sizes (``RssmConfig``)."""
+"""The networks around the recurrent core: the observation encoder and decoder, the
+reward and continue heads, with DreamerV3's sizes (``RssmConfig``).
+
+Observations are a dict (``RssmConfig.obs_keys``): ``"obs"``, a float vector, goes
+through an :class:`~rssm_tf.layers.Mlp` on ``symlog(obs)``; ``"image"``, uint8
+[..., H, W, C], through DreamerV3's strided CNN on ``image / 255 - 0.5``. The
+embeddings are concatenated. The decoder predicts each key in its loss space:
+``symlog(obs)`` for the vector, the image in [-0.5, 0.5].
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,124 @@ import keras
 import tensorflow as tf
 
 from rssm_tf.config import RssmConfig
-from rssm_tf.layers import Mlp
+from rssm_tf.layers import Mlp, make_norm
 from rssm_tf.math import symlog
+
+
+def image_to_float(image: tf.Tensor, dtype: str = "float32") -> tf.Tensor:
+    """uint8 pixels in [0, 255] -> floats in [-0.5, 0.5], the encoder's input and the
+    decoder's target."""
+    return tf.cast(tf.cast(image, "float32") / 255.0 - 0.5, dtype)
+
+
+def _merge_lead(x: tf.Tensor, rank: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``x`` [..., *inner] (``rank`` inner axes) as [N, *inner], and the lead shape."""
+    shape = tf.shape(x)
+    lead = shape[:tf.rank(x) - rank]
+    return tf.reshape(x, tf.concat([[-1], shape[-rank:]], 0)), lead
+
+
+@keras.saving.register_keras_serializable(package="rssm_tf")
+class ImageEncoder(keras.layers.Layer):
+    """DreamerV3's image encoder: ``stages`` convolutions (``kernel`` x ``kernel``,
+    stride 2, no bias), each followed by a norm over channels and SiLU, with
+    ``depth * 2**i`` channels at stage i; the last grid is flattened.
+
+    uint8 image [..., H, W, C] -> embed [..., (H / 2**stages) * (W / 2**stages) *
+    depth * 2**(stages - 1)]; DreamerV3's size S is depth 32 (64x64 -> 4x4x256).
+    """
+
+    def __init__(self, depth: int = 32, stages: int = 4, kernel: int = 4,
+                 norm: str = "rms", norm_eps: float = 1e-4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.depth, self.stages, self.kernel = depth, stages, kernel
+        self.norm_kind, self.norm_eps = norm, norm_eps
+        self.convs = [keras.layers.Conv2D(depth * 2 ** i, kernel, strides=2, padding="same",
+                                          use_bias=False, name=f"conv{i}",
+                                          dtype=self.dtype_policy)
+                      for i in range(stages)]
+        self.norms = [make_norm(norm, norm_eps, name=f"norm{i}") for i in range(stages)]
+
+    def build(self, input_shape: tuple) -> None:
+        height, width, channels = input_shape[-3:]
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            conv.build((None, height, width, channels))
+            height, width, channels = height // 2, width // 2, self.depth * 2 ** i
+            norm.build((None, height, width, channels))
+        self.built = True
+
+    def output_size(self, image_shape: tuple[int, int, int]) -> int:
+        """The embedding width for images of ``image_shape``."""
+        scale = 2 ** self.stages
+        return (image_shape[0] // scale) * (image_shape[1] // scale) * \
+            self.depth * 2 ** (self.stages - 1)
+
+    def call(self, image: tf.Tensor) -> tf.Tensor:
+        x, lead = _merge_lead(image_to_float(image, self.compute_dtype), 3)
+        for conv, norm in zip(self.convs, self.norms):
+            x = tf.cast(tf.nn.silu(norm(tf.cast(conv(x), "float32"))), self.compute_dtype)
+        return tf.reshape(x, tf.concat([lead, [-1]], 0))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(depth=self.depth, stages=self.stages, kernel=self.kernel,
+                      norm=self.norm_kind, norm_eps=self.norm_eps)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="rssm_tf")
+class ImageDecoder(keras.layers.Layer):
+    """DreamerV3's image decoder, the encoder mirrored: a Dense from ``feat`` to the
+    encoder's last grid, then ``stages`` transposed convolutions of stride 2 (norm and
+    SiLU after all but the last), the last one to the image's channels.
+
+    feat [..., F] -> image [..., H, W, C] in [-0.5, 0.5] (``image / 255 - 0.5``).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int] | list[int], depth: int = 32,
+                 stages: int = 4, kernel: int = 4, norm: str = "rms",
+                 norm_eps: float = 1e-4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.image_shape = tuple(image_shape)
+        self.depth, self.stages, self.kernel = depth, stages, kernel
+        self.norm_kind, self.norm_eps = norm, norm_eps
+        height, width, channels = self.image_shape
+        self.grid = (height // 2 ** stages, width // 2 ** stages, depth * 2 ** (stages - 1))
+        self.linear = keras.layers.Dense(self.grid[0] * self.grid[1] * self.grid[2],
+                                         name="linear", dtype=self.dtype_policy)
+        widths = [depth * 2 ** i for i in reversed(range(stages - 1))] + [channels]
+        self.convs = [keras.layers.Conv2DTranspose(
+            units, kernel, strides=2, padding="same", use_bias=i == stages - 1,
+            name=f"conv{i}", dtype=self.dtype_policy) for i, units in enumerate(widths)]
+        self.norms = [make_norm(norm, norm_eps, name=f"norm{i}") for i in range(stages - 1)]
+
+    def build(self, input_shape: tuple) -> None:
+        self.linear.build(input_shape)
+        height, width, channels = self.grid
+        for i, conv in enumerate(self.convs):
+            conv.build((None, height, width, channels))
+            height, width, channels = height * 2, width * 2, conv.filters
+            if i < len(self.norms):
+                self.norms[i].build((None, height, width, channels))
+        self.built = True
+
+    def call(self, feat: tf.Tensor) -> tf.Tensor:
+        x, lead = _merge_lead(self.linear(feat), 1)
+        x = tf.reshape(x, (-1,) + self.grid)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.norms):
+                x = tf.cast(tf.nn.silu(self.norms[i](tf.cast(x, "float32"))),
+                            self.compute_dtype)
+        return tf.reshape(tf.cast(x, "float32"),
+                          tf.concat([lead, self.image_shape], 0))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(image_shape=list(self.image_shape), depth=self.depth,
+                      stages=self.stages, kernel=self.kernel, norm=self.norm_kind,
+                      norm_eps=self.norm_eps)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="rssm_tf")
@@ -24,16 +146,82 @@ class VectorEncoder(Mlp):
         return super().call(symlog(tf.cast(obs, self.compute_dtype)))
 
 
-def make_encoder(config: RssmConfig, **kwargs: Any) -> VectorEncoder:
-    """The vector encoder of ``config``: ``encoder_layers`` layers of H."""
-    return VectorEncoder(config.encoder_layers, config.hidden_size, norm=config.norm,
-                         norm_eps=config.norm_eps, name="encoder", **kwargs)
+@keras.saving.register_keras_serializable(package="rssm_tf")
+class ObsEncoder(keras.layers.Layer):
+    """One encoder per observation key of ``config``, embeddings concatenated:
+    ``vector`` (``encoder_layers`` of H on ``symlog(obs)``) and ``image``
+    (:class:`ImageEncoder`). Input: a dict ``{"obs": [..., O], "image": [..., H, W,
+    C] uint8}`` with the config's keys -> embed [..., ``embed_size``]."""
+
+    def __init__(self, config: RssmConfig | dict, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        c = self.config = RssmConfig.from_dict(config)
+        self.vector = self.image = None
+        if c.obs_dim:
+            self.vector = VectorEncoder(c.encoder_layers, c.hidden_size, norm=c.norm,
+                                        norm_eps=c.norm_eps, name="vector",
+                                        dtype=self.dtype_policy)
+        if c.image_shape:
+            self.image = ImageEncoder(c.cnn_depth, c.cnn_stages, c.cnn_kernel, c.norm,
+                                      c.norm_eps, name="image", dtype=self.dtype_policy)
+        self.embed_size = (c.hidden_size if self.vector else 0) + \
+            (self.image.output_size(c.image_shape) if self.image else 0)
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.vector:
+            self.vector.build((None, self.config.obs_dim))
+        if self.image:
+            self.image.build((None,) + self.config.image_shape)
+        self.built = True
+
+    def call(self, obs: dict[str, tf.Tensor]) -> tf.Tensor:
+        parts = []
+        if self.vector:
+            parts.append(self.vector(obs["obs"]))
+        if self.image:
+            parts.append(self.image(obs["image"]))
+        return parts[0] if len(parts) == 1 else tf.concat(parts, -1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "config": self.config.to_dict()}
 
 
-def make_decoder(config: RssmConfig, **kwargs: Any) -> Mlp:
-    """The vector decoder: feat [..., D+S*K] -> predicted ``symlog(obs)`` [..., O]."""
-    return Mlp(config.decoder_layers, config.hidden_size, out_dim=config.obs_dim,
-               norm=config.norm, norm_eps=config.norm_eps, name="decoder", **kwargs)
+@keras.saving.register_keras_serializable(package="rssm_tf")
+class ObsDecoder(keras.layers.Layer):
+    """One decoder per observation key of ``config``: feat [..., D + S*K] -> a dict
+    with ``"obs"`` [..., O] (predicted ``symlog(obs)``, ``decoder_layers`` of H) and
+    ``"image"`` [..., H, W, C] (predicted ``image / 255 - 0.5``,
+    :class:`ImageDecoder`), both float32."""
+
+    def __init__(self, config: RssmConfig | dict, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        c = self.config = RssmConfig.from_dict(config)
+        self.vector = self.image = None
+        if c.obs_dim:
+            self.vector = Mlp(c.decoder_layers, c.hidden_size, out_dim=c.obs_dim,
+                              norm=c.norm, norm_eps=c.norm_eps, name="vector",
+                              dtype=self.dtype_policy)
+        if c.image_shape:
+            self.image = ImageDecoder(c.image_shape, c.cnn_depth, c.cnn_stages, c.cnn_kernel,
+                                      c.norm, c.norm_eps, name="image",
+                                      dtype=self.dtype_policy)
+
+    def build(self, input_shape: Any = None) -> None:
+        for part in (self.vector, self.image):
+            if part:
+                part.build((None, self.config.feat_size))
+        self.built = True
+
+    def call(self, feat: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = {}
+        if self.vector:
+            out["obs"] = tf.cast(self.vector(feat), "float32")
+        if self.image:
+            out["image"] = self.image(feat)
+        return out
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "config": self.config.to_dict()}
 
 
 def make_reward_head(config: RssmConfig, bins: int, **kwargs: Any) -> Mlp:

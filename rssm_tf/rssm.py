@@ -7,6 +7,9 @@ One step::
     h' = BlockGRU(concat(L(h), L(z), L(a)), h)
     prior_logits = mix(Dense(L(L(h'))))                     # imagination
     post_logits  = mix(Dense(L(concat(h', encoder(obs)))))  # observation
+
+``obs`` is a tensor when the config has one observation key (``"obs"`` [..., O] or
+``"image"`` [..., H, W, C] uint8), else a dict with both.
     z' = straight_through(sample(logits))
 
 Only the chain ``z -> GRU -> posterior -> z`` is sequential. ``observe`` computes the
@@ -24,12 +27,12 @@ import keras
 import tensorflow as tf
 
 from rssm_tf.config import RssmConfig
-from rssm_tf.heads import make_continue_head, make_encoder, make_reward_head
+from rssm_tf.heads import ObsEncoder, make_continue_head, make_reward_head
 from rssm_tf.latents import mix_logits, sample_latent, uniform_noise
 from rssm_tf.layers import BlockGRU, Mlp, NormDense, matmul
 from rssm_tf.losses import TwohotEncoder
 from rssm_tf.scan import observe_scan
-from rssm_tf.validation import as_float_tensor, check_same, check_shape
+from rssm_tf.validation import as_float_tensor, as_image_tensor, check_same, check_shape
 
 
 class RssmState(NamedTuple):
@@ -79,7 +82,7 @@ class Rssm(keras.layers.Layer):
         c = config
         H, D, policy = c.hidden_size, c.deterministic_size, self.dtype_policy
         norm = dict(norm=c.norm, norm_eps=c.norm_eps, dtype=policy)
-        self.encoder = make_encoder(c, dtype=policy)
+        self.encoder = ObsEncoder(c, name="encoder", dtype=policy)
         self.inp_h = NormDense(H, name="inp_h", **norm)
         self.inp_z = NormDense(H, name="inp_z", **norm)
         self.inp_a = NormDense(H, name="inp_a", **norm)
@@ -98,13 +101,13 @@ class Rssm(keras.layers.Layer):
             return
         c = self.config
         H, D, F = c.hidden_size, c.deterministic_size, c.feat_size
-        self.encoder.build((None, c.obs_dim))
+        self.encoder.build()
         self.inp_h.build((None, D))
         self.inp_z.build((None, c.stoch_size))
         self.inp_a.build((None, c.action_dim))
         self.gru.build((None, 3 * H))
         self.prior_net.build((None, D))
-        self.post_net.build((None, D + H))
+        self.post_net.build((None, D + self.encoder.embed_size))
         self.reward_head.build((None, F))
         self.continue_head.build((None, F))
         self.built = True
@@ -127,11 +130,11 @@ class Rssm(keras.layers.Layer):
         H = self.config.hidden_size
         return matmul("gru/input_a", a_feat, self.gru.input_kernel, (2 * H, 3 * H))
 
-    def _embed_proj(self, obs: tf.Tensor) -> tf.Tensor:
-        """Posterior's first-layer term of the observation, [..., O] -> [..., H]."""
-        D, H = self.config.deterministic_size, self.config.hidden_size
+    def _embed_proj(self, obs: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Posterior's first-layer term of the observation dict -> [..., H]."""
+        D, E = self.config.deterministic_size, self.encoder.embed_size
         return matmul("post/embed", self.encoder(obs), self.post_net.hidden[0].dense.kernel,
-                      (D, D + H))
+                      (D, D + E))
 
     def _core(self, h: tf.Tensor, z: tf.Tensor, a_proj: tf.Tensor,
               mm: Any = matmul) -> tf.Tensor:
@@ -190,9 +193,10 @@ class Rssm(keras.layers.Layer):
         """Unimix-adjusted prior logits from ``h`` [..., D] -> [..., S, K]."""
         return self._to_logits(self.prior_net(tf.cast(h, self.compute_dtype)))
 
-    def posterior_logits(self, h: tf.Tensor, obs: tf.Tensor) -> tf.Tensor:
-        """Unimix-adjusted posterior logits from ``h`` [..., D], ``obs`` [..., O]."""
-        return self._post_logits(h, self._embed_proj(obs))
+    def posterior_logits(self, h: tf.Tensor, obs: tf.Tensor | dict) -> tf.Tensor:
+        """Unimix-adjusted posterior logits from ``h`` [..., D] and the observation
+        (``obs`` [..., O] and/or ``image`` [..., H, W, C])."""
+        return self._post_logits(h, self._embed_proj(self.check_obs(obs, None)))
 
     def _noise(self, shape: Any, lead: list[str], sample: bool,
                noise: tf.Tensor | None) -> tf.Tensor | None:
@@ -219,6 +223,31 @@ class Rssm(keras.layers.Layer):
         check_same(["state.h", "state.z"], [h.shape[0], z.shape[0]], "batch size")
         return RssmState(h, z)
 
+    def check_obs(self, obs: Any, lead: list[str | None] | None
+                  ) -> dict[str, tf.Tensor]:
+        """The observation as a dict of checked tensors, one per ``config.obs_keys``:
+        ``obs`` float32 [*lead, O], ``image`` uint8 [*lead, H, W, C]. A bare tensor is
+        taken as the single key of a one-key config."""
+        c = self.config
+        keys = c.obs_keys
+        if not isinstance(obs, dict):
+            if len(keys) != 1:
+                raise TypeError(f"obs must be a dict with keys {list(keys)} (this model "
+                                f"has several observation keys), got {type(obs).__name__}")
+            obs = {keys[0]: obs}
+        if sorted(obs) != sorted(keys):
+            raise ValueError(f"obs must have the keys {list(keys)}, got {sorted(obs)}")
+        out = {}
+        if "obs" in obs:
+            out["obs"] = as_float_tensor("obs", obs["obs"])
+            if lead is not None:
+                check_shape("obs", out["obs"], lead + [c.obs_dim])
+        if "image" in obs:
+            out["image"] = as_image_tensor("image", obs["image"])
+            if lead is not None:
+                check_shape("image", out["image"], lead + list(c.image_shape))
+        return out
+
     def _check_step(self, state: RssmState, action: Any, obs: Any = None):
         c = self.config
         state = self._check_state(state)
@@ -226,10 +255,9 @@ class Rssm(keras.layers.Layer):
         check_shape("action", action, ["B", c.action_dim])
         names, sizes = ["state.h", "action"], [state.h.shape[0], action.shape[0]]
         if obs is not None:
-            obs = as_float_tensor("obs", obs)
-            check_shape("obs", obs, ["B", c.obs_dim])
-            names.append("obs")
-            sizes.append(obs.shape[0])
+            obs = self.check_obs(obs, ["B"])
+            names += list(obs)
+            sizes += [v.shape[0] for v in obs.values()]
         check_same(names, sizes, "batch size")
         return state, action, obs
 
@@ -240,7 +268,8 @@ class Rssm(keras.layers.Layer):
         """One observation step.
 
         ``state`` (h [B, D], z [B, S*K]), ``action`` [B, A] (the action that led to
-        ``obs``), ``obs`` [B, O] -> (new state, ``post_logits`` [B, S, K],
+        ``obs``), ``obs`` [B, O] (or ``image`` [B, H, W, C] uint8, or a dict of
+        both) -> (new state, ``post_logits`` [B, S, K],
         ``prior_logits`` [B, S, K]); the new ``z`` is drawn from the posterior.
         """
         state, action, obs = self._check_step(state, action, obs)
@@ -294,13 +323,14 @@ class Rssm(keras.layers.Layer):
         return tf.cast(tf.concat([h, z], -1), self.compute_dtype)
 
     # ------------------------------------------------------ sequence forms
-    def observe(self, obs: tf.Tensor, actions: tf.Tensor, is_first: tf.Tensor,
+    def observe(self, obs: tf.Tensor | dict, actions: tf.Tensor, is_first: tf.Tensor,
                 state: RssmState | None = None, sample: bool = True,
                 noise: tf.Tensor | None = None
                 ) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
         """Observe a batch of sequences.
 
-        ``obs`` [B, T, O], ``actions`` [B, T, A] (``actions[:, t]`` led to
+        ``obs`` [B, T, O] (or ``image`` [B, T, H, W, C] uint8, or a dict of both),
+        ``actions`` [B, T, A] (``actions[:, t]`` led to
         ``obs[:, t]``), ``is_first`` [B, T] (1 resets the state and the previous
         action before step t), ``state`` (h [B, D], z [B, S*K]; default zeros),
         ``noise`` [B, T, S, K] optional.
@@ -308,20 +338,19 @@ class Rssm(keras.layers.Layer):
         [B, T, S, K], ``prior_logits`` [B, T, S, K]).
         """
         c = self.config
-        obs = as_float_tensor("obs", obs)
+        obs = self.check_obs(obs, ["B", "T"])
         actions = as_float_tensor("actions", actions)
         is_first = as_float_tensor("is_first", is_first)
-        check_shape("obs", obs, ["B", "T", c.obs_dim])
         check_shape("actions", actions, ["B", "T", c.action_dim])
         check_shape("is_first", is_first, ["B", "T"])
+        inputs = {**obs, "actions": actions, "is_first": is_first}
         for i, what in ((0, "batch size"), (1, "sequence length")):
-            check_same(["obs", "actions", "is_first"],
-                       [obs.shape[i], actions.shape[i], is_first.shape[i]], what)
+            check_same(list(inputs), [v.shape[i] for v in inputs.values()], what)
         if state is None:
-            state = self.initial_state(tf.shape(obs)[0])
+            state = self.initial_state(tf.shape(actions)[0])
         else:
             state = self._check_state(state)
-        shape = tf.concat([tf.shape(obs)[:2], [c.n_categories, c.n_classes]], 0)
+        shape = tf.concat([tf.shape(actions)[:2], [c.n_categories, c.n_classes]], 0)
         noise = self._noise(shape, ["B", "T"], sample, noise)
 
         first = is_first[..., None]
@@ -395,7 +424,7 @@ class Rssm(keras.layers.Layer):
         return (RssmState(tf.transpose(hs, [1, 0, 2]), tf.transpose(zs, [1, 0, 2])),
                 tf.transpose(priors, [1, 0, 2, 3]))
 
-    def call(self, obs: tf.Tensor, actions: tf.Tensor, is_first: tf.Tensor,
+    def call(self, obs: tf.Tensor | dict, actions: tf.Tensor, is_first: tf.Tensor,
              sample: bool = True) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
         """Same as :meth:`observe` from the initial state."""
         return self.observe(obs, actions, is_first, sample=sample)

@@ -28,6 +28,19 @@ def as_float_tensor(name: str, value: object, dtype: str = "float32") -> tf.Tens
     return tf.convert_to_tensor(array.astype(dtype))
 
 
+def as_image_tensor(name: str, value: object) -> tf.Tensor:
+    """``value`` as a uint8 tensor; other dtypes raise ``TypeError`` (pixels are uint8
+    in [0, 255] everywhere: episodes, batches, the served signatures)."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        dtype = value.dtype.name
+    else:
+        value = np.asarray(value)
+        dtype = str(value.dtype)
+    if dtype != "uint8":
+        raise TypeError(f"{name} must be uint8 pixels in [0, 255], got dtype {dtype}")
+    return tf.convert_to_tensor(value)
+
+
 def check_shape(name: str, tensor: tf.Tensor, expected: Sequence[int | str | None]) -> None:
     """Raises ``ValueError`` unless ``tensor``'s static shape matches ``expected``.
 

@@ -4,10 +4,16 @@ Batches are dicts of windows (see :mod:`rssm_tf.data`)::
 
     obs [B, T, O]   action [B, T, A]   reward [B, T]   is_first [B, T]   is_terminal [B, T]
 
+with ``image`` [B, T, H, W, C] uint8 in place of ``obs`` (or beside it) for image
+models (``RssmConfig.obs_keys``); other keys are ignored.
+
 Loss per step (SPEC section 5), averaged over B and T::
 
     rec * sum((decoder(feat) - symlog(obs))^2) + rew * twohot(reward)
         + con * bce(continue_logit, 1 - is_terminal) + kl_balanced_loss
+
+For images the reconstruction term is ``sum((decoder(feat) - (image / 255 - 0.5))^2)``
+over the pixels and channels, as in DreamerV3; with both keys the terms add.
 """
 
 from __future__ import annotations
@@ -19,15 +25,20 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.config import KlBalanceConfig, RssmConfig
-from rssm_tf.data import EPISODE_KEYS
-from rssm_tf.heads import make_decoder
+from rssm_tf.data import STEP_KEYS
+from rssm_tf.heads import ObsDecoder, image_to_float
 from rssm_tf.latents import latent_distribution, uniform_noise
 from rssm_tf.losses import TwohotEncoder, kl_balanced_loss
 from rssm_tf.math import symexp, symlog
 from rssm_tf.rssm import Rssm
-from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
+from rssm_tf.validation import (
+    as_float_tensor,
+    as_image_tensor,
+    check_finite,
+    check_same,
+    check_shape,
+)
 
-BATCH_KEYS = EPISODE_KEYS  # a batch holds windows of the episode arrays
 METRIC_NAMES = ("loss", "rec", "rew", "con", "dyn", "rep", "kl", "prior_ent",
                 "post_ent", "grad_norm")
 
@@ -76,8 +87,9 @@ class WorldModel(keras.Model):
         self.check_numerics = check_numerics
         self.rssm = Rssm(config, twohot=twohot, seed=seed, name="rssm",
                          dtype=self.dtype_policy)
-        self.decoder = make_decoder(config, dtype=self.dtype_policy)
-        self.decoder.build((None, config.feat_size))
+        self.decoder = ObsDecoder(config, name="decoder", dtype=self.dtype_policy)
+        self.decoder.build()
+        self.batch_keys = config.obs_keys + STEP_KEYS
         self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
         self.built = True
 
@@ -97,18 +109,22 @@ class WorldModel(keras.Model):
         (``model.xla``); on one device the step around it stays a plain graph that
         checks the batch, so NaN/Inf inputs are named even though XLA drops
         ``tf.debugging`` checks (with several replicas Keras compiles the whole step).
-        ``jit_compile=None`` means XLA, except under a strategy with several replicas
-        on CPU devices (XLA cannot reach one logical CPU's variables from another) and
-        while TF op determinism is on (as Keras does). The loss is built in; ``loss=``
-        is not accepted.
+        ``jit_compile=None`` means XLA, except on CPU devices for an image model
+        (XLA's CPU convolutions ran 1.7x slower than TensorFlow's oneDNN kernels in
+        ``benchmarks/train_speed.py``; on GPUs XLA stays on), under a strategy with
+        several replicas on CPU devices (XLA cannot reach one logical CPU's variables
+        from another) and while TF op determinism is on (as Keras does). The loss is
+        built in; ``loss=`` is not accepted.
         """
         if kwargs.get("loss") is not None:
             raise ValueError("WorldModel computes its own loss; do not pass loss=")
         if jit_compile is None:
             strategy = self.distribute_strategy
-            jit_compile = strategy.num_replicas_in_sync == 1 or not all(
+            single = strategy.num_replicas_in_sync == 1
+            on_cpu = not tf.config.list_logical_devices("GPU") if single else all(
                 "CPU" in d.upper() for d in strategy.extended.worker_devices)
-            if not jit_compile:
+            jit_compile = not on_cpu or (single and self.config.image_shape is None)
+            if not jit_compile and strategy.num_replicas_in_sync > 1:
                 print("WorldModel.compile: several replicas on CPU devices; XLA is off "
                       "for this strategy")
         from tensorflow.python.framework import config as tf_config
@@ -151,40 +167,53 @@ class WorldModel(keras.Model):
         """The batch dict, checked: keys, shapes [B, T, ...], dtypes, finiteness."""
         if isinstance(data, (tuple, list)) and len(data) >= 1:
             data = data[0]
+        keys = self.batch_keys
         if not isinstance(data, dict):
-            raise TypeError(f"a batch must be a dict with keys {list(BATCH_KEYS)}, "
+            raise TypeError(f"a batch must be a dict with keys {list(keys)}, "
                             f"got {type(data).__name__}")
-        missing = [k for k in BATCH_KEYS if k not in data]
+        missing = [k for k in keys if k not in data]
         if missing:
-            raise ValueError(f"batch is missing key(s) {missing}; expected "
-                             f"{list(BATCH_KEYS)}")
+            raise ValueError(f"batch is missing key(s) {missing}; expected {list(keys)}")
         c = self.config
-        batch = {k: as_float_tensor(k, data[k]) for k in BATCH_KEYS}
-        check_shape("obs", batch["obs"], ["B", "T", c.obs_dim])
+        batch = {k: as_image_tensor(k, data[k]) if k == "image" else as_float_tensor(k, data[k])
+                 for k in keys}
+        if "obs" in batch:
+            check_shape("obs", batch["obs"], ["B", "T", c.obs_dim])
+        if "image" in batch:
+            check_shape("image", batch["image"], ["B", "T", *c.image_shape])
         check_shape("action", batch["action"], ["B", "T", c.action_dim])
         for key in ("reward", "is_first", "is_terminal"):
             check_shape(key, batch[key], ["B", "T"])
         for axis, what in ((0, "batch size"), (1, "sequence length")):
-            check_same(list(BATCH_KEYS), [batch[k].shape[axis] for k in BATCH_KEYS], what)
+            check_same(list(keys), [batch[k].shape[axis] for k in keys], what)
         if self.check_numerics:
             batch = {k: check_finite(k, v) for k, v in batch.items()}
         return batch
 
     # --------------------------------------------------------------- loss
     def call(self, inputs: dict, training: bool = False) -> dict[str, tf.Tensor]:
-        """Posterior pass over a batch: decoded ``obs`` [B, T, O], ``reward`` [B, T],
-        ``continue_prob`` [B, T] and the logits (mode latents)."""
+        """Posterior pass over a batch: decoded ``obs`` [B, T, O] and/or ``image``
+        [B, T, H, W, C] (floats in [0, 1]), ``reward`` [B, T], ``continue_prob``
+        [B, T] and the logits (mode latents)."""
         batch = self.validate_batch(inputs)
-        states, post, prior = self.rssm.observe(batch["obs"], batch["action"],
+        states, post, prior = self.rssm.observe(self._obs(batch), batch["action"],
                                                 batch["is_first"], sample=False)
         return {**self._heads(states), "post_logits": post, "prior_logits": prior}
 
+    def _obs(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {k: batch[k] for k in self.config.obs_keys}
+
     def _heads(self, states) -> dict[str, tf.Tensor]:
-        """Decoder and heads on ``states``: ``obs`` (decoded), ``recon_symlog`` and
+        """Decoder and heads on ``states``: ``recon`` (each observation key in its loss
+        space), the decoded ``obs`` (raw space) and/or ``image`` (in [0, 1]), and
         :meth:`Rssm.predict`'s reward and continue outputs."""
-        recon = tf.cast(self.decoder(states.feat()), "float32")
-        return {"obs": symexp(recon), "recon_symlog": recon,
-                **self.rssm.predict(states.h, states.z)}
+        recon = self.decoder(states.feat())
+        out = {"recon": recon, **self.rssm.predict(states.h, states.z)}
+        if "obs" in recon:
+            out["obs"] = symexp(recon["obs"])
+        if "image" in recon:
+            out["image"] = tf.clip_by_value(recon["image"] + 0.5, 0.0, 1.0)
+        return out
 
     def compute_losses(self, batch: dict[str, tf.Tensor], noise: tf.Tensor | None = None
                        ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
@@ -192,11 +221,17 @@ class WorldModel(keras.Model):
 
         ``noise`` [B, T, S, K] uniform samples the posterior; ``None`` uses the mode.
         """
-        states, post, prior = self.rssm.observe(batch["obs"], batch["action"],
+        states, post, prior = self.rssm.observe(self._obs(batch), batch["action"],
                                                 batch["is_first"], sample=False,
                                                 noise=noise)
         out = self._heads(states)
-        rec = tf.reduce_sum(tf.square(out["recon_symlog"] - symlog(batch["obs"])), -1)
+        recon = out["recon"]
+        rec = 0.0
+        if "obs" in recon:
+            rec += tf.reduce_sum(tf.square(recon["obs"] - symlog(batch["obs"])), -1)
+        if "image" in recon:
+            rec += tf.reduce_sum(tf.square(recon["image"] - image_to_float(batch["image"])),
+                                 [-3, -2, -1])
         rew = self.twohot.loss(out["reward_logits"], batch["reward"])
         con = tf.nn.sigmoid_cross_entropy_with_logits(
             labels=1.0 - batch["is_terminal"], logits=out["continue_logits"])
@@ -218,12 +253,12 @@ class WorldModel(keras.Model):
         distributed step samples what one device would for the same global batch.
         """
         c = self.config
-        local = tf.shape(batch["obs"])[0]
+        local = tf.shape(batch["action"])[0]
         replica = tf.distribute.get_replica_context()
         index, replicas = 0, 1
         if replica is not None:
             index, replicas = replica.replica_id_in_sync_group, replica.num_replicas_in_sync
-        shape = tf.stack([local * replicas, tf.shape(batch["obs"])[1], c.n_categories,
+        shape = tf.stack([local * replicas, tf.shape(batch["action"])[1], c.n_categories,
                           c.n_classes])
         seed = tf.stack([tf.constant(self.seed, tf.int32),
                          tf.cast(self.optimizer.iterations, tf.int32)])
@@ -286,31 +321,35 @@ class WorldModel(keras.Model):
         """Observe ``context`` steps with the posterior, then imagine ``horizon`` steps
         with the recorded actions and the prior's mode (no sampling).
 
-        ``obs`` [B, >= context + horizon, O], ``action`` [B, ..., A], ``is_first``
-        [B, ...]. Returns ``obs`` [B, horizon, O] (decoded, raw space), ``reward``
-        [B, horizon], ``continue_prob`` [B, horizon] and ``context_obs``
-        [B, context, O] (reconstructions).
+        ``obs`` [B, >= context + horizon, O] (or ``image`` [B, ..., H, W, C] uint8, or
+        a dict of both), ``action`` [B, ..., A], ``is_first`` [B, ...]. Returns, per
+        observation key, the imagined ``obs`` [B, horizon, O] (raw space) and/or
+        ``image`` [B, horizon, H, W, C] (in [0, 1]) and the context's reconstructions
+        ``context_obs`` / ``context_image`` [B, context, ...]; and ``reward``
+        [B, horizon], ``continue_prob`` [B, horizon].
         """
         if not isinstance(context, int) or context < 1:
             raise ValueError(f"context must be an integer >= 1, got {context!r}")
         if not isinstance(horizon, int) or horizon < 1:
             raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
-        obs = as_float_tensor("obs", obs)
-        length = obs.shape[1]
-        if length is not None and length < context + horizon:
-            raise ValueError(f"obs must have at least context + horizon = "
-                             f"{context + horizon} steps, got {length}")
+        obs = self.rssm.check_obs(obs, None)
         action = as_float_tensor("action", action)
         is_first = as_float_tensor("is_first", is_first)
-        states, _, _ = self.rssm.observe(obs[:, :context], action[:, :context],
-                                         is_first[:, :context], sample=False)
+        length = action.shape[1]
+        if length is not None and length < context + horizon:
+            raise ValueError(f"action and obs must have at least context + horizon = "
+                             f"{context + horizon} steps, got {length}")
+        states, _, _ = self.rssm.observe({k: v[:, :context] for k, v in obs.items()},
+                                         action[:, :context], is_first[:, :context],
+                                         sample=False)
         last = type(states)(states.h[:, -1], states.z[:, -1])
         imagined, _ = self.rssm.imagine(last, action[:, context:context + horizon],
                                         sample=False)
-        keys = ("obs", "reward", "continue_prob")
-        dream = {k: v for k, v in self._heads(imagined).items() if k in keys}
-        dream["context_obs"] = self._heads(states)["obs"]
-        return dream
+        dream, seen = self._heads(imagined), self._heads(states)
+        out = {k: dream[k] for k in ("reward", "continue_prob")}
+        for key in self.config.obs_keys:
+            out[key], out[f"context_{key}"] = dream[key], seen[key]
+        return out
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -327,35 +366,39 @@ def evaluate_open_loop(model: WorldModel, episodes: list[dict[str, np.ndarray]],
     """Open-loop prediction error on ``episodes`` (dicts in the episode format).
 
     Every episode with at least ``context + horizon`` steps gives its non-overlapping
-    windows. Returns per-horizon-step lists ``obs_mse``, ``reward_mse`` (raw space),
-    the same for a per-dimension mean predictor (``mean_obs_mse``,
-    ``mean_reward_mse``, the mean over the evaluated episodes' steps), and
-    ``windows``, the number of windows.
+    windows. Returns per-horizon-step lists, for each observation key of the model,
+    ``obs_mse`` (raw space, mean over the dimensions) and/or ``image_mse`` (pixels
+    scaled to [0, 1], mean over pixels and channels), and ``reward_mse``; the same for
+    a mean predictor (``mean_obs_mse``, ``mean_image_mse``, ``mean_reward_mse``:
+    the per-dimension or per-pixel mean frame over the evaluated episodes' steps);
+    and ``windows``, the number of windows.
     """
     span = context + horizon
-    windows = [{k: ep[k][s:s + span] for k in BATCH_KEYS}
+    keys = model.batch_keys
+    windows = [{k: ep[k][s:s + span] for k in keys}
                for ep in episodes
-               for s in range(0, len(ep["obs"]) - span + 1, span)]
+               for s in range(0, len(ep["action"]) - span + 1, span)]
     if not windows:
         raise ValueError(f"no episode has context + horizon = {span} steps")
-    obs_mean = np.concatenate([ep["obs"] for ep in episodes]).mean(0)
-    rew_mean = float(np.concatenate([ep["reward"] for ep in episodes]).mean())
-    obs_se, rew_se, base_obs_se, base_rew_se = [], [], [], []
+    scale = {"obs": 1.0, "image": 1.0 / 255.0, "reward": 1.0}
+    targets = model.config.obs_keys + ("reward",)
+    means = {k: np.concatenate([ep[k] for ep in episodes]).astype("float64").mean(0)
+             * scale[k] for k in targets}
+    errors: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
-        b = {k: np.stack([w[k] for w in chunk]).astype("float32") for k in BATCH_KEYS}
+        b = {k: np.stack([w[k] for w in chunk]) for k in keys}
+        b["is_first"] = b["is_first"].astype("float32")
         b["is_first"][:, 0] = 1.0
-        pred = model.open_loop(b["obs"], b["action"], b["is_first"], context, horizon)
-        true_obs = b["obs"][:, context:]
-        true_rew = b["reward"][:, context:]
-        obs_se.append(((pred["obs"].numpy() - true_obs) ** 2).mean(-1))
-        rew_se.append((pred["reward"].numpy() - true_rew) ** 2)
-        base_obs_se.append(((obs_mean - true_obs) ** 2).mean(-1))
-        base_rew_se.append((rew_mean - true_rew) ** 2)
-
-    def per_step(parts: list[np.ndarray]) -> list[float]:
-        return np.concatenate(parts).mean(0).astype(float).tolist()
-
-    return {"obs_mse": per_step(obs_se), "reward_mse": per_step(rew_se),
-            "mean_obs_mse": per_step(base_obs_se), "mean_reward_mse": per_step(base_rew_se),
-            "windows": len(windows), "context": context, "horizon": horizon}
+        obs = {k: b[k] for k in model.config.obs_keys}
+        pred = model.open_loop(obs, b["action"], b["is_first"], context, horizon)
+        for key in targets:
+            true = b[key][:, context:].astype("float64") * scale[key]
+            axes = tuple(range(2, true.ndim))
+            errors.setdefault(f"{key}_mse", []).append(
+                ((pred[key].numpy() - true) ** 2).mean(axes))
+            errors.setdefault(f"mean_{key}_mse", []).append(
+                ((means[key] - true) ** 2).mean(axes))
+    result = {name: np.concatenate(parts).mean(0).astype(float).tolist()
+              for name, parts in errors.items()}
+    return {**result, "windows": len(windows), "context": context, "horizon": horizon}
