@@ -51,6 +51,48 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 return
 
 
+def frames_figure(real: np.ndarray, dream: np.ndarray, context: int, title: str = "",
+                  max_frames: int = 20) -> bytes:
+    """PNG bytes: real frames (top row) and the model's frames (bottom row) side by
+    side over time; left of the red line the model reconstructs the observed frames,
+    right of it it imagines them open loop.
+
+    ``real`` uint8 [T, H, W, C], ``dream`` floats in [0, 1] [T, H, W, C]; at most
+    ``max_frames`` steps are shown.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = min(len(real), max_frames)
+    real = np.asarray(real[:steps], np.float32) / 255.0
+    dream = np.clip(np.asarray(dream[:steps], np.float32), 0.0, 1.0)
+    height, width, channels = real.shape[1:]
+    gap = max(1, width // 16)
+    canvas = np.ones((2 * height + gap, steps * (width + gap) - gap, channels), np.float32)
+    for t in range(steps):
+        x = t * (width + gap)
+        canvas[:height, x:x + width] = real[t]
+        canvas[height + gap:, x:x + width] = dream[t]
+    if channels == 1:
+        canvas = canvas[..., 0]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * steps), 2.6))
+    ax.imshow(canvas, cmap="gray" if channels == 1 else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.axvline(context * (width + gap) - gap / 2 - 0.5, color="red", linewidth=1.5)
+    ax.set_yticks([height / 2, height * 1.5 + gap], ["real", "model"])
+    ax.set_xticks([t * (width + gap) + width / 2 for t in range(steps)],
+                  [str(t) for t in range(steps)], fontsize=6)
+    ax.set_xlabel("step (reconstruction left of the red line, imagination right)")
+    ax.set_title(title or "open loop: real vs imagined frames", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def imagination_figure(real_obs: np.ndarray, dream_obs: np.ndarray, real_reward: np.ndarray,
                        dream_reward: np.ndarray, context: int, title: str = "",
                        max_dims: int = 4) -> bytes:
@@ -65,7 +107,9 @@ def imagination_figure(real_obs: np.ndarray, dream_obs: np.ndarray, real_reward:
     import matplotlib.pyplot as plt
 
     dims = min(max_dims, real_obs.shape[-1])
-    fig, axes = plt.subplots(dims + 1, 1, figsize=(7, 1.6 * (dims + 1)), sharex=True)
+    fig, axes = plt.subplots(dims + 1, 1, figsize=(7, 1.6 * (dims + 1)), sharex=True,
+                             squeeze=False)
+    axes = axes[:, 0]
     steps = np.arange(len(real_obs))
     series = [(real_obs[:, i], dream_obs[:, i], f"obs[{i}]") for i in range(dims)]
     series.append((real_reward, dream_reward, "reward"))
@@ -86,8 +130,10 @@ def imagination_figure(real_obs: np.ndarray, dream_obs: np.ndarray, real_reward:
 
 class ImaginationCallback(keras.callbacks.Callback):
     """After each epoch, writes ``out_dir/imagination_epoch{N}.png`` (real vs
-    open-loop imagined observations and rewards of one held-out window) and, with
-    ``log_dir``, the same image to TensorBoard under ``imagination``.
+    open-loop imagined observations and rewards of one held-out window; for an image
+    model the real and imagined frames side by side, :func:`frames_figure`, in
+    ``imagination_frames_epoch{N}.png``) and, with ``log_dir``, the same pictures to
+    TensorBoard under ``imagination`` and ``imagination_frames``.
 
     ``episodes``: episode dicts; the first with ``context + horizon`` steps is used.
     """
@@ -96,27 +142,38 @@ class ImaginationCallback(keras.callbacks.Callback):
                  context: int = 5, horizon: int = 15, log_dir: str | None = None) -> None:
         super().__init__()
         span = context + horizon
-        chosen = [e for e in episodes if len(e["obs"]) >= span]
+        chosen = [e for e in episodes if len(e["action"]) >= span]
         if not chosen:
             raise ValueError(f"no episode has context + horizon = {span} steps")
-        self.window = {k: v[None, :span].astype("float32") for k, v in chosen[0].items()}
+        self.window = {k: v[None, :span] if k == "image" else v[None, :span].astype("float32")
+                       for k, v in chosen[0].items()}
         self.window["is_first"][:, 0] = 1.0
         self.out_dir = Path(out_dir)
         self.context, self.horizon = context, horizon
         self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
-        self.last_path: Path | None = None
+        self.last_path: Path | None = None  # the last picture written
+        self.paths: dict[str, Path] = {}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         w = self.window
-        pred = self.model.open_loop(w["obs"], w["action"], w["is_first"], self.context,
-                                    self.horizon)
-        dream_obs = np.concatenate([pred["context_obs"][0], pred["obs"][0]])
+        keys = self.model.config.obs_keys
+        pred = self.model.open_loop({k: w[k] for k in keys}, w["action"], w["is_first"],
+                                    self.context, self.horizon)
+        dream = {k: np.concatenate([pred[f"context_{k}"][0], pred[k][0]]) for k in keys}
         ctx_reward = w["reward"][0, :self.context]  # the reward is not reconstructed
         dream_reward = np.concatenate([ctx_reward, pred["reward"][0].numpy()])
-        png = imagination_figure(w["obs"][0], dream_obs, w["reward"][0], dream_reward,
-                                 self.context, title=f"epoch {epoch + 1}")
-        self.last_path = write_atomic(self.out_dir / f"imagination_epoch{epoch + 1}.png", png)
+        real_obs = w["obs"][0] if "obs" in keys else np.zeros((len(dream_reward), 0))
+        pictures = {"imagination": imagination_figure(
+            real_obs, dream.get("obs", real_obs), w["reward"][0], dream_reward,
+            self.context, title=f"epoch {epoch + 1}")}
+        if "image" in keys:
+            pictures["imagination_frames"] = frames_figure(
+                w["image"][0], dream["image"], self.context, title=f"epoch {epoch + 1}")
+        for name, png in pictures.items():
+            self.last_path = write_atomic(self.out_dir / f"{name}_epoch{epoch + 1}.png", png)
+        self.paths = {name: self.out_dir / f"{name}_epoch{epoch + 1}.png" for name in pictures}
         if self.writer is not None:
             with self.writer.as_default():
-                tf.summary.image("imagination", tf.image.decode_png(png)[None], step=epoch)
+                for name, png in pictures.items():
+                    tf.summary.image(name, tf.image.decode_png(png)[None], step=epoch)
             self.writer.flush()

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
     p.add_argument("--max-steps", type=_positive, default=None,
                    help="cut episodes at this many steps (default: the env's own limit)")
+    p.add_argument("--image-size", type=_positive, nargs="+", default=None, metavar="N",
+                   help="also record rendered frames as 'image', resized to N x N "
+                        "(or H W), e.g. --image-size 64 for pixel CartPole")
 
     p = sub.add_parser("train", help="fit a world model on an episode directory",
                        description="Fit a WorldModel with model.fit on random windows of "
@@ -52,8 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="split the steps into this many epochs (1)")
     p.add_argument("--batch-size", type=_positive, default=16, help="windows per batch (16)")
     p.add_argument("--seq-len", type=_positive, default=64, help="window length T (64)")
+    p.add_argument("--obs-keys", nargs="+", choices=["obs", "image"], default=None,
+                   help="observation keys to model (default: all the episodes have)")
     p.add_argument("--config", default=None,
-                   help="JSON of RssmConfig fields other than obs_dim/action_dim, "
+                   help="JSON of RssmConfig fields other than obs_dim/action_dim/"
+                        "image_shape, "
                         "e.g. '{\"deterministic_size\": 256}' (default: the seed config)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
     p.add_argument("--log-dir", default=None, help="TensorBoard log directory")
@@ -84,8 +90,12 @@ def _load_model(path: str):
 def cmd_collect(args: argparse.Namespace) -> None:
     from rssm_tf.collect import collect
 
+    size = args.image_size
+    if size is not None and len(size) not in (1, 2):
+        raise ValueError(f"--image-size takes N or H W, got {size}")
     paths = collect(args.env, args.episodes, args.out, seed=args.seed,
-                    max_steps=args.max_steps, progress=True)
+                    max_steps=args.max_steps, progress=True,
+                    image_size=None if size is None else tuple(size * (3 - len(size))))
     print(f"wrote {len(paths)} episodes to {args.out}")
 
 
@@ -93,8 +103,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     import keras
 
     from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
-    from rssm_tf.config import RssmConfig
-    from rssm_tf.data import EpisodeStore, make_dataset
+    from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset
     from rssm_tf.saving import AtomicModelCheckpoint, save_world_model
     from rssm_tf.world_model import WorldModel
 
@@ -103,22 +112,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     episodes = EpisodeStore(args.data).load()
     if not episodes:
         raise ValueError(f"--data {args.data}: no episode files found")
-    dataset = make_dataset(episodes, args.batch_size, args.seq_len, seed=args.seed)
     if os.path.exists(args.model):
         model = _load_model(args.model)
         print(f"resuming from {args.model} at step {int(model.optimizer.iterations)}")
     else:
         extra = json.loads(args.config) if args.config else {}
-        config = RssmConfig(obs_dim=episodes[0]["obs"].shape[1],
-                            action_dim=episodes[0]["action"].shape[1], **extra)
+        config = config_for_episode(episodes[0], args.obs_keys, **extra)
         model = WorldModel(config, seed=args.seed)
         model.compile(optimizer=keras.optimizers.Adam(args.lr, epsilon=1e-8,
                                                       global_clipnorm=1000.0))
+    keys = model.config.obs_keys
+    dataset = make_dataset(episodes, args.batch_size, args.seq_len, seed=args.seed,
+                           obs_keys=keys)
     callbacks = [NonFiniteGuard(), AtomicModelCheckpoint(args.model)]
     val = None
     if args.val_data:
         val_eps = EpisodeStore(args.val_data).load()
-        val = make_dataset(val_eps, args.batch_size, args.seq_len, seed=1, repeat=False)
+        val = make_dataset(val_eps, args.batch_size, args.seq_len, seed=1, repeat=False,
+                           obs_keys=keys)
         callbacks.append(ImaginationCallback(val_eps, Path(args.model).parent,
                                              log_dir=args.log_dir))
     if args.log_dir:
@@ -135,10 +146,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     result = evaluate_open_loop(_load_model(args.model), EpisodeStore(args.data).load(),
                                 args.context, args.horizon)
-    print(f"{'step':>4} {'obs_mse':>10} {'mean_pred':>10} {'rew_mse':>10} {'mean_pred':>10}")
+    names = [k for k in ("obs", "image", "reward") if f"{k}_mse" in result]
+    print(f"{'step':>4}" + "".join(f" {k + '_mse':>11} {'mean_pred':>10}" for k in names))
     for i in range(args.horizon):
-        print(f"{i + 1:>4} {result['obs_mse'][i]:>10.4f} {result['mean_obs_mse'][i]:>10.4f} "
-              f"{result['reward_mse'][i]:>10.4f} {result['mean_reward_mse'][i]:>10.4f}")
+        print(f"{i + 1:>4}" + "".join(f" {result[k + '_mse'][i]:>11.5f} "
+                                      f"{result['mean_' + k + '_mse'][i]:>10.5f}"
+                                      for k in names))
     if args.json:
         from rssm_tf.atomic import write_atomic
 

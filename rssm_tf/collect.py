@@ -1,7 +1,11 @@
 """Collect episodes from a gymnasium environment into an episode directory.
 
 Needs the ``examples`` extra (``gymnasium``). Vector observations (``Box``) are
-flattened; ``Box`` actions are stored as they are, ``Discrete`` ones one-hot.
+flattened into ``obs``; image observations (a uint8 ``Box`` of shape [H, W, C]) are
+stored as ``image``. ``image_size=(H, W)`` also records the rendered frame of every
+step (``render_mode="rgb_array"``) as ``image``, resized with area averaging, so a
+vector environment such as CartPole becomes a pixel one offline. ``Box`` actions are
+stored as they are, ``Discrete`` ones one-hot.
 """
 
 from __future__ import annotations
@@ -29,15 +33,40 @@ def _action_codec(space: Any) -> tuple[int, Callable[[Any], np.ndarray]]:
     raise TypeError(f"unsupported action space {space}: use Box or Discrete")
 
 
+def resize_image(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 [H, W, C] -> uint8 [*size, C] by area averaging (``size`` None: as is)."""
+    frame = np.asarray(frame)
+    if size is None or tuple(frame.shape[:2]) == tuple(size):
+        return frame.astype(np.uint8)
+    import tensorflow as tf
+
+    resized = tf.image.resize(frame.astype(np.float32), size, method="area")
+    return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+
+
+def _check_size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    if len(image_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                   for v in image_size):
+        raise ValueError(f"image_size must be (height, width) of positive integers, "
+                         f"got {image_size!r}")
+    return tuple(image_size)
+
+
 def collect(env_id: str, episodes: int, directory: str | os.PathLike,
             policy: Callable[[np.ndarray], Any] | None = None, seed: int = 0,
             max_steps: int | None = None, prefix: str = "episode",
-            progress: bool = False) -> list[Path]:
+            progress: bool = False, image_size: tuple[int, int] | int | None = None
+            ) -> list[Path]:
     """Runs ``episodes`` episodes of ``env_id`` and saves each one atomically.
 
     ``policy(obs) -> action`` in the environment's own action format; the default
     samples the action space uniformly (seeded by ``seed``). ``max_steps`` cuts an
-    episode (a time limit: not terminal). Returns the written paths.
+    episode (a time limit: not terminal). ``image_size`` (H, W) records rendered
+    frames as ``image`` (and resizes image observations). Returns the written paths.
     """
     import gymnasium as gym
     from gymnasium import spaces
@@ -46,35 +75,48 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    size = _check_size(image_size)
     try:
-        env = gym.make(env_id)
+        env = gym.make(env_id, **({"render_mode": "rgb_array"} if size else {}))
     except Exception as error:  # gymnasium raises several error types here
         raise ValueError(f"env_id {env_id!r} cannot be made by gymnasium: {error}") from None
-    if not isinstance(env.observation_space, spaces.Box):
+    space = env.observation_space
+    if not isinstance(space, spaces.Box):
         env.close()
-        raise TypeError(f"env_id {env_id!r} has observation space "
-                        f"{env.observation_space}; only vector (Box) observations are "
-                        "supported")
+        raise TypeError(f"env_id {env_id!r} has observation space {space}; only Box "
+                        "observations (vectors or uint8 images) are supported")
+    pixels = space.dtype == np.uint8 and len(space.shape) == 3
+
+    def observe(obs: Any) -> dict[str, np.ndarray]:
+        if pixels:
+            return {"image": resize_image(obs, size)}
+        out = {"obs": np.asarray(obs, np.float32).ravel()}
+        if size:
+            out["image"] = resize_image(env.render(), size)
+        return out
+
     action_dim, encode = _action_codec(env.action_space)
     env.action_space.seed(seed)
     paths = []
     try:
         for index in range(episodes):
             obs, _ = env.reset(seed=seed + index)
-            steps = {"obs": [np.asarray(obs, np.float32).ravel()],
-                     "action": [np.zeros(action_dim, np.float32)], "reward": [0.0],
-                     "is_first": [1.0], "is_terminal": [0.0]}
+            steps = {k: [v] for k, v in observe(obs).items()}
+            steps.update(action=[np.zeros(action_dim, np.float32)], reward=[0.0],
+                         is_first=[1.0], is_terminal=[0.0])
             while True:
                 action = env.action_space.sample() if policy is None else policy(obs)
                 obs, reward, terminated, truncated, _ = env.step(action)
-                steps["obs"].append(np.asarray(obs, np.float32).ravel())
+                for key, value in observe(obs).items():
+                    steps[key].append(value)
                 steps["action"].append(encode(action))
                 steps["reward"].append(float(reward))
                 steps["is_first"].append(0.0)
                 steps["is_terminal"].append(float(terminated))
-                if terminated or truncated or (max_steps and len(steps["obs"]) >= max_steps):
+                if terminated or truncated or (max_steps and len(steps["action"]) >= max_steps):
                     break
-            episode = {k: np.asarray(v, np.float32) for k, v in steps.items()}
+            episode = {k: np.asarray(v, np.uint8 if k == "image" else np.float32)
+                       for k, v in steps.items()}
             paths.append(save_episode(directory, episode, f"{prefix}-{seed + index:06d}"))
             if progress:
                 print(f"\rcollect {env_id}: {index + 1}/{episodes} episodes", end="",

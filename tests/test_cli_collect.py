@@ -60,3 +60,29 @@ def test_cli_collect_train_evaluate_imagine(tmp_path, capsys):
     assert "no such model file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", str(data)])  # --model is required: argparse exits
+
+
+def test_collect_renders_frames_for_pixel_cartpole(tmp_path):
+    paths = collect("CartPole-v1", 2, tmp_path / "pix", seed=3, image_size=(32, 48))
+    ep = load_episode(paths[0])
+    assert ep["image"].dtype == np.uint8 and ep["image"].shape == (len(ep["obs"]), 32, 48, 3)
+    frames = ep["image"].astype(int)
+    assert frames.max() == 255 and frames.min() < 100       # white background, dark cart
+    assert np.abs(frames[1:] - frames[:-1]).sum() > 0        # the scene moves
+    with pytest.raises(ValueError, match="image_size must be"):
+        collect("CartPole-v1", 1, tmp_path / "bad", image_size=(32, 0))
+
+
+def test_cli_trains_and_evaluates_a_pixel_model(tmp_path, capsys):
+    data, model = tmp_path / "pix", tmp_path / "run" / "m.keras"
+    assert main(["collect", "--env", "CartPole-v1", "--episodes", "2", "--out", str(data),
+                 "--image-size", "16"]) == 0
+    small = json.dumps(dict(deterministic_size=16, n_categories=4, n_classes=4,
+                            hidden_size=16, n_blocks=2, cnn_depth=4))
+    assert main(["train", "--data", str(data), "--model", str(model), "--steps", "2",
+                 "--batch-size", "2", "--seq-len", "6", "--config", small,
+                 "--obs-keys", "image"]) == 0
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--context", "2",
+                 "--horizon", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "image_mse" in out and "obs_mse" not in out
