@@ -4,7 +4,7 @@
 signature          inputs                                outputs
 =================  ====================================  ==========================================
 initial_state      batch_size int32 []                   h, z
-obs_step           h, z, action, obs                     h_next, z_next, post_logits, prior_logits
+obs_step           h, z, action, obs and/or image        h_next, z_next, post_logits, prior_logits
 imagine_step       h, z, action                          h_next, z_next, prior_logits
 predict            h, z                                  reward, reward_logits, continue_prob,
                                                          continue_logits
@@ -13,7 +13,10 @@ imagine            h, z, actions [B, T, A]               h_seq, z_seq, reward, c
 
 Each stochastic signature ``X`` has ``X_mode`` (argmax) and ``X_noise`` (extra input
 ``noise`` uniform in (0, 1), [B, S, K] or [B, T, S, K] for ``imagine``; Gumbel-max).
-``serving_default`` is ``obs_step``. All tensors float32, batch dimension dynamic.
+``serving_default`` is ``obs_step``. All tensors float32, batch dimension dynamic,
+except the image: ``obs_step`` takes one input per observation key of the model,
+``obs`` float32 [B, O] for a vector and ``image`` uint8 [B, H, W, C] (pixels in
+[0, 255], as a camera gives them; the graph scales them) for an image.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class InferenceModule(tf.Module):
             "z": tf.TensorSpec([None, c.stoch_size], f32, name="z"),
             "action": tf.TensorSpec([None, c.action_dim], f32, name="action"),
             "obs": tf.TensorSpec([None, c.obs_dim], f32, name="obs"),
+            "image": tf.TensorSpec([None, *(c.image_shape or (1, 1, 1))], tf.uint8,
+                                   name="image"),
             "actions": tf.TensorSpec([None, None, c.action_dim], f32, name="actions"),
             "noise": tf.TensorSpec([None, c.n_categories, c.n_classes], f32, name="noise"),
             "noise_seq": tf.TensorSpec([None, None, c.n_categories, c.n_classes], f32,
@@ -70,9 +75,12 @@ class InferenceModule(tf.Module):
         state = self.rssm.initial_state(batch_size)
         return {"h": state.h, "z": state.z}
 
-    def obs_step(self, h, z, action, obs, noise=None, mode=False) -> dict[str, tf.Tensor]:
-        state, post, prior = self.rssm.obs_step(RssmState(h, z), action, obs, sample=False,
-                                                noise=self._noise(noise, mode, h))
+    def obs_step(self, h, z, action, obs=None, image=None, noise=None, mode=False
+                 ) -> dict[str, tf.Tensor]:
+        given = {"obs": obs, "image": image}
+        observation = {k: given[k] for k in self.config.obs_keys}
+        state, post, prior = self.rssm.obs_step(RssmState(h, z), action, observation,
+                                                sample=False, noise=self._noise(noise, mode, h))
         return {"h_next": state.h, "z_next": state.z, "post_logits": post,
                 "prior_logits": prior}
 
@@ -104,7 +112,8 @@ class InferenceModule(tf.Module):
         base = name.removesuffix("_mode").removesuffix("_noise")
         if base not in STOCHASTIC or name not in SIGNATURES:
             raise ValueError(f"unknown signature {name!r}; expected one of {SIGNATURES}")
-        specs = {"obs_step": [s["h"], s["z"], s["action"], s["obs"]],
+        obs_specs = [s[k] for k in self.config.obs_keys]
+        specs = {"obs_step": [s["h"], s["z"], s["action"], *obs_specs],
                  "imagine_step": [s["h"], s["z"], s["action"]],
                  "imagine": [s["h"], s["z"], s["actions"]]}[base]
         method = getattr(self, base)

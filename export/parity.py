@@ -117,7 +117,7 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
     """Runs the cases through every available backend and compares with eager."""
     c = module.config
     dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
-                                       "obs_dim", "action_dim")}
+                                       "obs_dim", "action_dim", "image_shape")}
     cases = make_cases(dims, batch, rollout, horizon, seed)
     reference = run_all(_tf_call(module, "eager"), cases)
     report: dict[str, Any] = {"tolerance": TOLERANCE, "reference": "eager",

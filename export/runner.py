@@ -23,8 +23,9 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
                seed: int = 0) -> dict[str, dict]:
     """Random inputs for every deterministic signature and two multi-step rollouts.
 
-    ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``obs_dim``,
-    ``action_dim``.
+    ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``obs_dim``
+    (0: no vector), ``action_dim`` and ``image_shape`` (absent or None: no image;
+    images are random uint8 pixels).
     """
     rng = np.random.default_rng(seed)
     d, s, k = dims["deterministic_size"], dims["n_categories"], dims["n_classes"]
@@ -36,19 +37,27 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     h = f32(rng.normal(size=(batch, d)) * 0.5)
     z = f32(np.eye(k)[rng.integers(0, k, (batch, s))].reshape(batch, s * k))
     action = f32(rng.uniform(-1, 1, (batch, a)))
-    obs = f32(rng.normal(size=(batch, o)))
+    shape = dims.get("image_shape")
+
+    def observation(*lead: int) -> dict[str, np.ndarray]:
+        out = {"obs": f32(rng.normal(size=(*lead, o)))} if o else {}
+        if shape:
+            out["image"] = rng.integers(0, 256, (*lead, *shape)).astype(np.uint8)
+        return out
+
+    obs = observation(batch)
     noise = f32(rng.uniform(0.001, 0.999, (batch, s, k)))
     actions = f32(rng.uniform(-1, 1, (batch, horizon, a)))
     noise_seq = f32(rng.uniform(0.001, 0.999, (batch, horizon, s, k)))
     steps = {"action": f32(rng.uniform(-1, 1, (rollout, batch, a))),
-             "obs": f32(rng.normal(size=(rollout, batch, o))),
+             **observation(rollout, batch),
              "noise": f32(rng.uniform(0.001, 0.999, (rollout, batch, s, k)))}
     zeros = {"h": np.zeros_like(h), "z": np.zeros_like(z)}
     return {
         "obs_step_noise": {"signature": "obs_step_noise",
-                           "inputs": dict(h=h, z=z, action=action, obs=obs, noise=noise)},
+                           "inputs": dict(h=h, z=z, action=action, **obs, noise=noise)},
         "obs_step_mode": {"signature": "obs_step_mode",
-                          "inputs": dict(h=h, z=z, action=action, obs=obs)},
+                          "inputs": dict(h=h, z=z, action=action, **obs)},
         "imagine_step_noise": {"signature": "imagine_step_noise",
                                "inputs": dict(h=h, z=z, action=action, noise=noise)},
         "imagine_step_mode": {"signature": "imagine_step_mode",

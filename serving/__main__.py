@@ -42,15 +42,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         if args.episode:
             with np.load(args.episode) as ep:
-                obs, action = ep["obs"], ep["action"]
+                obs = {k: ep[k] for k in client.obs_keys}
+                action = ep["action"]
         else:
-            obs = rng.normal(size=(args.steps, client.obs_dim)).astype(np.float32)
+            obs = {"obs": rng.normal(size=(args.steps, client.obs_dim)).astype(np.float32)}
+            if client.image_shape:
+                obs["image"] = rng.integers(0, 256, (args.steps, *client.image_shape),
+                                            dtype=np.uint8)
+            obs = {k: obs[k] for k in client.obs_keys}
             action = rng.uniform(-1, 1, (args.steps, client.action_dim)).astype(np.float32)
-        steps = min(args.steps, len(obs))
+        steps = min(args.steps, len(action))
         client.reset(1)
         print(f"backend {args.backend}: observing {steps} steps")
         for t in range(steps):
-            out = client.observe(action[t:t + 1], obs[t:t + 1], sample=args.sample)
+            out = client.observe(action[t:t + 1], {k: v[t:t + 1] for k, v in obs.items()},
+                                 sample=args.sample)
             now = client.predict()
             classes = out["z"].reshape(client.groups, client.classes).argmax(-1)
             print(f"  t={t:<3} reward {now['reward'][0]:+.4f}  continue "

@@ -213,11 +213,13 @@ class GrpcBackend:
         self.channel.close()
 
 
-_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 3}  # DT_FLOAT, DT_INT32
+# TensorFlow's DataType enum: DT_FLOAT, DT_INT32, DT_UINT8 (images)
+_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 3, np.dtype(np.uint8): 4}
 
 
 def to_tensor_proto(array: np.ndarray) -> Any:
-    """A ``TensorProto`` of a float32 or int32 array (raw little-endian content)."""
+    """A ``TensorProto`` of a float32, int32 or uint8 array (raw little-endian content;
+    other dtypes are sent as float32)."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
     array = np.ascontiguousarray(array)
@@ -231,8 +233,8 @@ def to_tensor_proto(array: np.ndarray) -> Any:
 
 
 def from_tensor_proto(proto: Any) -> np.ndarray:
-    """The array of a float32/int32 ``TensorProto`` (raw content or value lists)."""
-    dtype = {1: np.float32, 3: np.int32}.get(proto.dtype)
+    """The array of a float32/int32/uint8 ``TensorProto`` (raw content or value lists)."""
+    dtype = {code: d.type for d, code in _DTYPES.items()}.get(proto.dtype)
     if dtype is None:
         raise ServingError(f"unsupported tensor dtype {proto.dtype} in a response")
     shape = [d.size for d in proto.tensor_shape.dim]

@@ -7,6 +7,7 @@ writes ``reset / observe / imagine / predict`` whatever runs the model::
     client = WorldModelClient.from_export("out/export", backend="onnx")
     client.reset(batch_size=1)
     out = client.observe(action, obs)            # posterior step; state advances
+                                                 # (obs: vector, uint8 image, or a dict)
     dream = client.imagine(actions)              # [B, T, A] from the current state
     now = client.predict()                       # reward, continue for the state
 
@@ -63,6 +64,10 @@ class WorldModelClient:
         self.deter, self.classes = c["deterministic_size"], c["n_classes"]
         self.groups, self.obs_dim, self.action_dim = c["n_categories"], c["obs_dim"], \
             c["action_dim"]
+        self.image_shape = tuple(c["image_shape"]) if c.get("image_shape") else None
+        #: the observation inputs of obs_step: "obs" (vector) and/or "image" (uint8)
+        self.obs_keys = tuple(k for k in ("obs", "image")
+                              if k in self.manifest["signatures"]["obs_step"]["inputs"])
         self.h: np.ndarray | None = None
         self.z: np.ndarray | None = None
 
@@ -133,14 +138,16 @@ class WorldModelClient:
                 noise: Any = None) -> dict[str, np.ndarray]:
         """One posterior step from the current state; the state advances.
 
-        ``action`` [B, A] (the action that led to ``obs``), ``obs`` [B, O]. Returns
-        ``post_logits``, ``prior_logits`` [B, S, K] and the new ``h``, ``z``.
+        ``action`` [B, A] (the action that led to ``obs``); ``obs``: the observation,
+        [B, O] floats for a vector model, [B, H, W, C] uint8 pixels for an image model,
+        or a dict ``{"obs": ..., "image": ...}`` for a model with both (``obs_keys``).
+        Returns ``post_logits``, ``prior_logits`` [B, S, K] and the new ``h``, ``z``.
         """
         self._require_state()
         b = self.batch_size
         inputs = {"h": self.h, "z": self.z,
                   "action": self._array("action", action, [b, self.action_dim]),
-                  "obs": self._array("obs", obs, [b, self.obs_dim])}
+                  **self._observation(obs, b)}
         out = self._call("obs_step", inputs, sample, noise, [b, self.groups, self.classes])
         self.h, self.z = out["h_next"], out["z_next"]
         return {"post_logits": out["post_logits"], "prior_logits": out["prior_logits"],
@@ -188,6 +195,30 @@ class WorldModelClient:
         if sample == "sample":
             return self.backend.call(base, inputs)
         raise ValueError(f"sample must be 'sample' or 'mode' (or pass noise=), got {sample!r}")
+
+    def _observation(self, obs: Any, b: int) -> dict[str, np.ndarray]:
+        """The checked observation inputs of ``obs_step`` for batch size ``b``."""
+        keys = self.obs_keys
+        if not isinstance(obs, dict):
+            if len(keys) != 1:
+                raise TypeError(f"obs must be a dict with keys {list(keys)} for this model, "
+                                f"got {type(obs).__name__}")
+            obs = {keys[0]: obs}
+        if sorted(obs) != sorted(keys):
+            raise ValueError(f"obs must have the keys {list(keys)}, got {sorted(obs)}")
+        out = {}
+        if "obs" in obs:
+            out["obs"] = self._array("obs", obs["obs"], [b, self.obs_dim])
+        if "image" in obs:
+            image = np.asarray(obs["image"])
+            if image.dtype != np.uint8:
+                raise TypeError(f"image must be uint8 pixels in [0, 255], got dtype "
+                                f"{image.dtype}")
+            shape = [b, *self.image_shape]
+            if list(image.shape) != shape:
+                raise ValueError(f"image must have shape {shape}, got {list(image.shape)}")
+            out["image"] = np.ascontiguousarray(image)
+        return out
 
     def _require_state(self) -> None:
         if self.h is None:

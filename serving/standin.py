@@ -61,10 +61,12 @@ class StandInServer:
         if signature not in self.backend.signatures:
             raise LookupError(f"Serving signature name: \"{signature}\" not found in "
                               "signature def")
-        expected = set(self.backend.signatures[signature].structured_input_signature[1])
-        if set(inputs) != expected:
-            raise ValueError(f"signature {signature} takes inputs {sorted(expected)}, got "
+        specs = self.backend.signatures[signature].structured_input_signature[1]
+        if set(inputs) != set(specs):
+            raise ValueError(f"signature {signature} takes inputs {sorted(specs)}, got "
                              f"{sorted(inputs)}")
+        # TF Serving reads JSON numbers as the signature's dtype (uint8 images, ...)
+        inputs = {k: np.asarray(v, specs[k].dtype.as_numpy_dtype) for k, v in inputs.items()}
         with self.lock:
             return self.backend.call(signature, inputs)
 
@@ -132,8 +134,7 @@ class StandInServer:
                     return self._reply(404, {"error": f"Malformed request: POST {self.path}"})
                 try:
                     body = json.loads(raw)
-                    inputs = {k: np.asarray(v, np.float32 if k != "batch_size" else np.int32)
-                              for k, v in body["inputs"].items()}
+                    inputs = {k: np.asarray(v) for k, v in body["inputs"].items()}
                     version = int(match.group(2)) if match.group(2) else None
                     out = server.predict(match.group(1), version,
                                          body.get("signature_name", ""), inputs)
