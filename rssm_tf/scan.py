@@ -2,11 +2,15 @@
 
 Autodiff of a ``tf.while_loop`` adds every step's weight gradients into full-size
 buffers (for the seed model ~4M parameters, T times). Here the backward loop carries
-only the state gradients: each step is recomputed under a tape that watches the state,
-the step's inputs and the small parameters (norm scales, biases), and records, for
-every weight multiplication ``y = x @ W`` of the step (the ``mm`` sites of
-:meth:`Rssm._observe_step`), its input ``x`` and the gradient ``dL/dy``. After the
-loop each big weight gradient is one matmul over all T*B rows: ``dW = X^T dY``.
+only the state gradients.
+
+The forward loop stores, for every weight multiplication ``y = x @ W`` of the step
+(the ``mm`` sites of :meth:`Rssm._observe_step`), its input ``x`` and output ``y``.
+The backward loop re-runs the step's element-wise work under a tape that watches the
+state, the step's inputs and the small parameters (norm scales, biases), but replays
+each multiplication from the stored ``y`` instead of recomputing it (its gradient is
+``dx = dy @ W^T``), and records ``dL/dy``. After the loop each big weight gradient is
+one matmul over all T*B rows: ``dW = X^T dY``.
 
 Gradients are equal to TensorFlow's autodiff of the same loop (a test checks 1e-5).
 """
@@ -47,39 +51,94 @@ def observe_scan(rssm: Any, h0: tf.Tensor, z0: tf.Tensor, first: tf.Tensor,
     [T, B, S*K], ``posts`` [T, B, S, K], with the hand-written backward."""
     has_noise = noise is not None
     noise_tm = noise if has_noise else tf.zeros([tf.shape(first)[0], 0])
+    sites = _sites(rssm, h0, z0, first[0], a_proj[0], e_proj[0],
+                   noise_tm[0] if has_noise else None)
 
     @tf.custom_gradient
     def run(h0, z0, a_proj, e_proj):
-        hs, zs, posts = rssm._observe_loop(h0, z0, first, a_proj, e_proj, noise)
+        hs, zs, posts, xs, ys = _forward(rssm, sites, h0, z0, first, a_proj, e_proj,
+                                         noise_tm, has_noise)
 
         def grad(dhs, dzs, dposts, variables=None):
-            return _backward(rssm, h0, z0, first, a_proj, e_proj, noise_tm, has_noise,
-                             hs, zs, posts, dhs, dzs, dposts, variables or [])
+            return _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm,
+                             has_noise, hs, zs, posts, xs, ys, dhs, dzs, dposts,
+                             variables or [])
 
         return (hs, zs, posts), grad
 
     return run(h0, z0, a_proj, e_proj)
 
 
-def _backward(rssm, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, hs, zs, posts,
-              dhs, dzs, dposts, variables):
+def _forward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise):
+    """The observe loop (time-major) -> ``hs``, ``zs``, ``posts`` and each site's
+    stored inputs ``xs`` and outputs ``ys`` ([T, B, ...] each)."""
+    steps = tf.shape(first)[0]
+    c = rssm.config
+
+    def body(t, h, z, out, xs, ys):
+        recorded: dict[str, tuple[tf.Tensor, tf.Tensor]] = {}
+
+        def record(site, x, kernel, rows=None):
+            y = matmul(site, x, kernel, rows)
+            recorded[site] = (x, y)
+            return y
+
+        h, z, post = rssm._observe_step(h, z, first[t], a_proj[t], e_proj[t],
+                                        noise_tm[t] if has_noise else None, record)
+        out = [ta.write(t, v) for ta, v in zip(out, (h, z, post))]
+        xs = [ta.write(t, recorded[s][0]) for ta, (s, _, _) in zip(xs, sites)]
+        ys = [ta.write(t, recorded[s][1]) for ta, (s, _, _) in zip(ys, sites)]
+        return t + 1, h, z, out, xs, ys
+
+    def arrays(n, dtype=rssm.compute_dtype):
+        return [tf.TensorArray(dtype, size=steps) for _ in range(n)]
+
+    post_shape = tf.TensorShape([None, c.n_categories, c.n_classes])
+    out = arrays(2, tf.float32) + [tf.TensorArray(tf.float32, size=steps,
+                                                  element_shape=post_shape)]
+    _, _, _, out, xs, ys = tf.while_loop(
+        lambda t, *_: t < steps, body,
+        (0, h0, z0, out, arrays(len(sites)), arrays(len(sites))))
+    hs, zs, posts = (ta.stack() for ta in out)
+    return hs, zs, posts, [ta.stack() for ta in xs], [ta.stack() for ta in ys]
+
+
+def _replay(y: tf.Tensor, x: tf.Tensor, kernel: Any, rows: Any) -> tf.Tensor:
+    """``y`` (the stored ``x @ W``) with the gradient of a multiplication by ``W``:
+    ``dx = dy @ W^T``; no gradient reaches ``W`` (it is computed after the loop)."""
+    w = kernel if rows is None else kernel[rows[0]:rows[1]]
+    w = tf.cast(w, x.dtype)
+
+    @tf.custom_gradient
+    def replay(x):
+        def grad(dy):
+            if w.shape.rank == 3:
+                return tf.einsum("...go,gio->...gi", dy, w)
+            return tf.matmul(dy, w, transpose_b=True)
+
+        return tf.identity(y), grad
+
+    return replay(x)
+
+
+def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, hs, zs,
+              posts, site_xs, site_ys, dhs, dzs, dposts, variables):
     dhs = tf.zeros_like(hs) if dhs is None else dhs
     dzs = tf.zeros_like(zs) if dzs is None else dzs
     dposts = tf.zeros_like(posts) if dposts is None else dposts
     steps = tf.shape(hs)[0]
     h_prev = tf.concat([h0[None], hs[:-1]], 0)
     z_prev = tf.concat([z0[None], zs[:-1]], 0)
-    sites = _sites(rssm, h0, z0, first[0], a_proj[0], e_proj[0],
-                   noise_tm[0] if has_noise else None)
     big = {id(_tf_variable(var)) for _, var, _ in sites}
     small = [v for v in variables if id(v) not in big]
+    stored = {s: y for (s, _, _), y in zip(sites, site_ys)}
 
-    def body(t, dh, dz, small_acc, xs, dys, das, des):
-        recorded: dict[str, tuple[tf.Tensor, tf.Tensor]] = {}
+    def body(t, dh, dz, small_acc, dys, das, des):
+        recorded: dict[str, tf.Tensor] = {}
 
         def record(site, x, kernel, rows=None):
-            y = matmul(site, x, kernel, rows)  # kernel unwatched: no dW in the loop
-            recorded[site] = (x, y)
+            y = _replay(stored[site][t], x, kernel, rows)
+            recorded[site] = y
             return y
 
         hp, zp, a_t, e_t = h_prev[t], z_prev[t], a_proj[t], e_proj[t]
@@ -91,31 +150,26 @@ def _backward(rssm, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, hs, zs, 
                                               noise_tm[t] if has_noise else None, record)
             target = (tf.reduce_sum((dhs[t] + dh) * h1) + tf.reduce_sum((dzs[t] + dz) * z1)
                       + tf.reduce_sum(dposts[t] * post))
-        ys = [recorded[s][1] for s, _, _ in sites]
+        ys = [recorded[s] for s, _, _ in sites]
         grads = tape.gradient(target, [hp, zp, a_t, e_t] + small + ys,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         g_h, g_z, g_a, g_e = grads[:4]
         g_small = grads[4:4 + len(small)]
         g_y = grads[4 + len(small):]
-        xs = [ta.write(t, recorded[s][0]) for ta, (s, _, _) in zip(xs, sites)]
         dys = [ta.write(t, g) for ta, g in zip(dys, g_y)]
         small_acc = [acc + tf.cast(g, acc.dtype) for acc, g in zip(small_acc, g_small)]
-        return (t - 1, g_h, g_z, small_acc, xs, dys, das.write(t, g_a), des.write(t, g_e))
-
-    def arrays(n):
-        return [tf.TensorArray(rssm.compute_dtype, size=steps) for _ in range(n)]
+        return (t - 1, g_h, g_z, small_acc, dys, das.write(t, g_a), des.write(t, g_e))
 
     init = (steps - 1, tf.zeros_like(h0), tf.zeros_like(z0),
-            [tf.zeros(v.shape, v.dtype) for v in small], arrays(len(sites)),
-            arrays(len(sites)), tf.TensorArray(a_proj.dtype, size=steps),
-            tf.TensorArray(e_proj.dtype, size=steps))
-    _, dh0, dz0, small_acc, xs, dys, das, des = tf.while_loop(
-        lambda t, *_: t >= 0, body, init)
+            [tf.zeros(v.shape, v.dtype) for v in small],
+            [tf.TensorArray(rssm.compute_dtype, size=steps) for _ in sites],
+            tf.TensorArray(a_proj.dtype, size=steps), tf.TensorArray(e_proj.dtype, size=steps))
+    _, dh0, dz0, small_acc, dys, das, des = tf.while_loop(lambda t, *_: t >= 0, body, init)
 
     grads: dict[int, tf.Tensor] = {id(v): g for v, g in zip(small, small_acc)}
-    for (_, keras_var, rows), x_ta, dy_ta in zip(sites, xs, dys):
+    for (_, keras_var, rows), x_all, dy_ta in zip(sites, site_xs, dys):
         var = _tf_variable(keras_var)
-        x = tf.cast(x_ta.stack(), "float32")
+        x = tf.cast(x_all, "float32")
         dy = tf.cast(dy_ta.stack(), "float32")
         if var.shape.rank == 3:  # block kernel [G, in, out]
             dw = tf.einsum("tbgi,tbgo->gio", x, dy)
