@@ -57,12 +57,17 @@ def mix_logits(logits: tf.Tensor, unimix: float) -> tf.Tensor:
     return tf.math.log(probs)
 
 
+def gumbel(noise: tf.Tensor) -> tf.Tensor:
+    """Gumbel noise ``-log(-log(noise))`` from uniform ``noise`` in (0, 1), float32.
+    Element-wise, so a loop can transform all its steps' noise at once."""
+    noise = tf.clip_by_value(tf.cast(noise, "float32"), NOISE_EPS, 1.0 - NOISE_EPS)
+    return -tf.math.log(-tf.math.log(noise))
+
+
 def gumbel_onehot(logits: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
     """One-hot of ``argmax(logits - log(-log(noise)))``; ``noise`` uniform in (0, 1),
     same shape as ``logits`` [..., K]. Float32 result."""
-    noise = tf.clip_by_value(tf.cast(noise, "float32"), NOISE_EPS, 1.0 - NOISE_EPS)
-    gumbel = -tf.math.log(-tf.math.log(noise))
-    return mode_onehot(tf.cast(logits, "float32") + gumbel)
+    return mode_onehot(tf.cast(logits, "float32") + gumbel(noise))
 
 
 def mode_onehot(logits: tf.Tensor) -> tf.Tensor:
@@ -83,14 +88,18 @@ def straight_through(onehot: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return onehot + (probs - tf.stop_gradient(probs))
 
 
-def sample_latent(logits: tf.Tensor, noise: tf.Tensor | None = None) -> tf.Tensor:
+def sample_latent(logits: tf.Tensor, noise: tf.Tensor | None = None,
+                  gumbel_noise: tf.Tensor | None = None) -> tf.Tensor:
     """Flattened straight-through latent from mixed logits [..., S, K] -> [..., S*K].
 
-    ``noise`` (uniform, same shape as ``logits``) samples by Gumbel-max; ``None``
-    takes the mode (argmax, no randomness).
+    ``noise`` (uniform, same shape as ``logits``) samples by Gumbel-max, or
+    ``gumbel_noise`` (already through :func:`gumbel`); neither takes the mode (argmax,
+    no randomness).
     """
     logits = tf.cast(logits, "float32")
-    onehot = mode_onehot(logits) if noise is None else gumbel_onehot(logits, noise)
+    if gumbel_noise is None and noise is not None:
+        gumbel_noise = gumbel(noise)
+    onehot = mode_onehot(logits if gumbel_noise is None else logits + gumbel_noise)
     z = straight_through(onehot, logits)
     shape = tf.concat([tf.shape(z)[:-2], [logits.shape[-2] * logits.shape[-1]]], 0)
     return tf.reshape(z, shape)

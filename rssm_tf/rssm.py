@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from rssm_tf.config import RssmConfig
 from rssm_tf.heads import ObsEncoder, make_continue_head, make_reward_head
-from rssm_tf.latents import mix_logits, sample_latent, uniform_noise
+from rssm_tf.latents import gumbel, mix_logits, sample_latent, uniform_noise
 from rssm_tf.layers import BlockGRU, Mlp, NormDense, matmul
 from rssm_tf.losses import TwohotEncoder
 from rssm_tf.scan import observe_scan
@@ -165,25 +165,27 @@ class Rssm(keras.layers.Layer):
         return self._to_logits(mm("post/out", x, out.kernel) + tf.cast(out.bias, dtype))
 
     def _observe_step(self, h: tf.Tensor, z: tf.Tensor, first: tf.Tensor, a_proj: tf.Tensor,
-                      e_proj: tf.Tensor, noise: tf.Tensor | None, mm: Any = matmul
+                      e_proj: tf.Tensor, gumbel_noise: tf.Tensor | None, mm: Any = matmul
                       ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One step of the observe loop: reset where ``first`` [B, 1] is 1, then
-        ``h'``, the posterior logits and ``z'`` (from ``noise``, or the mode)."""
+        ``h'``, the posterior logits and ``z'`` (from ``noise``, Gumbel noise already
+        transformed by :func:`~rssm_tf.latents.gumbel`, or the mode)."""
         keep = 1.0 - first
         h = self._core(h * keep, z * keep, a_proj, mm)  # the initial state is zeros
         post = self._post_logits(h, e_proj, mm)
-        return h, sample_latent(post, noise), post
+        return h, sample_latent(post, gumbel_noise=gumbel_noise), post
 
     def _observe_loop(self, h0: tf.Tensor, z0: tf.Tensor, first: tf.Tensor, a_proj: tf.Tensor,
-                      e_proj: tf.Tensor, noise: tf.Tensor | None
+                      e_proj: tf.Tensor, gumbel_noise: tf.Tensor | None
                       ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """:meth:`_observe_step` over time-major inputs ([T, B, ...]), by ``tf.scan``."""
         c = self.config
-        elems = (first, a_proj, e_proj) + ((noise,) if noise is not None else ())
+        sampled = gumbel_noise is not None
+        elems = (first, a_proj, e_proj) + ((gumbel_noise,) if sampled else ())
 
         def step(carry, inputs):
             return self._observe_step(carry[0], carry[1], *inputs[:3],
-                                      inputs[3] if noise is not None else None)
+                                      inputs[3] if sampled else None)
 
         init = (h0, z0, tf.zeros(tf.concat([tf.shape(h0)[:1],
                                             [c.n_categories, c.n_classes]], 0)))
@@ -358,8 +360,8 @@ class Rssm(keras.layers.Layer):
         e_proj = self._embed_proj(obs)
         time_major = [tf.transpose(first, [1, 0, 2]),
                       tf.transpose(a_proj, [1, 0, 2]), tf.transpose(e_proj, [1, 0, 2])]
-        if noise is not None:
-            time_major.append(tf.transpose(noise, [1, 0, 2, 3]))
+        if noise is not None:  # the Gumbel transform for all steps at once
+            time_major.append(tf.transpose(gumbel(noise), [1, 0, 2, 3]))
 
         loop = partial(observe_scan, self) if self.manual_gradient else self._observe_loop
         hs, zs, posts = loop(state.h, state.z, *time_major[:3],
@@ -405,7 +407,7 @@ class Rssm(keras.layers.Layer):
         elems = [tf.zeros([length])] if policy else \
             [tf.transpose(self._action_proj(actions), [1, 0, 2])]
         if noise is not None:
-            elems.append(tf.transpose(noise, [1, 0, 2, 3]))
+            elems.append(tf.transpose(gumbel(noise), [1, 0, 2, 3]))
 
         def step(carry, inputs):
             h, z, _ = carry
@@ -415,7 +417,7 @@ class Rssm(keras.layers.Layer):
                 a_proj = self._action_proj(policy(RssmState(h, z)))
             h = self._core(h, z, a_proj)
             prior = self.prior_logits(h)
-            z = sample_latent(prior, inputs[1] if len(inputs) > 1 else None)
+            z = sample_latent(prior, gumbel_noise=inputs[1] if len(inputs) > 1 else None)
             return h, z, prior
 
         init = (state.h, state.z,

@@ -47,7 +47,7 @@ def observe_scan(rssm: Any, h0: tf.Tensor, z0: tf.Tensor, first: tf.Tensor,
                  a_proj: tf.Tensor, e_proj: tf.Tensor, noise: tf.Tensor | None
                  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Time-major observe loop: ``first`` [T, B, 1], ``a_proj`` [T, B, P], ``e_proj``
-    [T, B, H], ``noise`` [T, B, S, K] or None (mode) -> ``hs`` [T, B, D], ``zs``
+    [T, B, H], ``noise`` [T, B, S, K] Gumbel noise or None (mode) -> ``hs`` [T, B, D], ``zs``
     [T, B, S*K], ``posts`` [T, B, S, K], with the hand-written backward."""
     has_noise = noise is not None
     noise_tm = noise if has_noise else tf.zeros([tf.shape(first)[0], 0])
@@ -103,18 +103,23 @@ def _forward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise):
     return hs, zs, posts, [ta.stack() for ta in xs], [ta.stack() for ta in ys]
 
 
-def _replay(y: tf.Tensor, x: tf.Tensor, kernel: Any, rows: Any) -> tf.Tensor:
+def _transposed(kernel: Any, rows: Any, dtype: tf.DType) -> tf.Tensor:
+    """``W^T`` of a site (its rows), made once before the backward loop: XLA's CPU
+    matmul is faster on a stored transpose than with ``transpose_b``."""
+    w = tf.cast(kernel if rows is None else kernel[rows[0]:rows[1]], dtype)
+    return tf.transpose(w, [0, 2, 1] if w.shape.rank == 3 else [1, 0])
+
+
+def _replay(y: tf.Tensor, x: tf.Tensor, w_t: tf.Tensor) -> tf.Tensor:
     """``y`` (the stored ``x @ W``) with the gradient of a multiplication by ``W``:
     ``dx = dy @ W^T``; no gradient reaches ``W`` (it is computed after the loop)."""
-    w = kernel if rows is None else kernel[rows[0]:rows[1]]
-    w = tf.cast(w, x.dtype)
 
     @tf.custom_gradient
     def replay(x):
         def grad(dy):
-            if w.shape.rank == 3:
-                return tf.einsum("...go,gio->...gi", dy, w)
-            return tf.matmul(dy, w, transpose_b=True)
+            if w_t.shape.rank == 3:
+                return tf.einsum("...go,goi->...gi", dy, w_t)
+            return tf.matmul(dy, w_t)
 
         return tf.identity(y), grad
 
@@ -132,12 +137,13 @@ def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, h
     big = {id(_tf_variable(var)) for _, var, _ in sites}
     small = [v for v in variables if id(v) not in big]
     stored = {s: y for (s, _, _), y in zip(sites, site_ys)}
+    transposed = {s: _transposed(var, rows, rssm.compute_dtype) for s, var, rows in sites}
 
     def body(t, dh, dz, small_acc, dys, das, des):
         recorded: dict[str, tf.Tensor] = {}
 
         def record(site, x, kernel, rows=None):
-            y = _replay(stored[site][t], x, kernel, rows)
+            y = _replay(stored[site][t], x, transposed[site])
             recorded[site] = y
             return y
 
