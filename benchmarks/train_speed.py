@@ -5,9 +5,13 @@ heads, the SPEC loss, Adam) at the seed configuration, B16 x T64 by default, run
 eagerly, as a ``tf.function`` and with XLA; XLA with TensorFlow's autodiff of the loop
 instead of the hand-written backward; XLA under ``mixed_bfloat16``; imagination of
 1024 starts x 15 steps; a dense matmul (the machine's practical peak); and, when
-``torch`` and ``torchrl`` import, TorchRL's DreamerV3 world model for the ratio.
+``torch`` and ``torchrl`` import, TorchRL's DreamerV3 world model for the ratio. Then
+the same update for image observations (``--image 64``: 64x64x3 frames through
+DreamerV3's CNN encoder and decoder at depth 32, no vector), with XLA and as a
+``tf.function``.
 
-    python benchmarks/train_speed.py [--batch 16] [--seq 64] [--iters 10] [--json out.json]
+    python benchmarks/train_speed.py [--batch 16] [--seq 64] [--iters 10] [--image 64]
+                                     [--json out.json]
 
 Reported: median ms per update after warm-up, compile time (first call), peak RSS,
 transitions per second, analytic FLOPs and achieved GFLOP/s.
@@ -59,16 +63,37 @@ def _block(value) -> None:
             leaf.numpy()
 
 
-def kernel_params(model: WorldModel) -> int:
-    """Weights that multiply an activation (kernels), the FLOP-bearing parameters."""
-    return int(sum(np.prod(v.shape) for v in model.trainable_variables if len(v.shape) >= 2))
+def update_flops(model: WorldModel, batch: int, seq: int) -> float:
+    """Analytic FLOPs of one update: forward + backward = 3x the forward's 2 FLOPs per
+    multiply-add. Dense and block kernels do one multiply-add per weight per step;
+    a convolution does one per weight per output position (a transposed one per input
+    position)."""
+    steps = batch * seq
+    macs = steps * sum(int(np.prod(v.shape)) for v in model.trainable_variables
+                       if len(v.shape) in (2, 3))
+    c = model.config
+    if c.image_shape:
+        height, width = c.image_shape[:2]
+        for conv in model.rssm.encoder.image.convs:  # stride 2: output is half the input
+            height, width = height // 2, width // 2
+            macs += steps * height * width * int(np.prod(conv.kernel.shape))
+        for conv in model.decoder.image.convs:  # transposed: input is half the output
+            macs += steps * height * width * int(np.prod(conv.kernel.shape))
+            height, width = height * 2, width * 2
+    return 6.0 * macs
 
 
 def make_batch(config: RssmConfig, batch: int, seq: int) -> dict[str, tf.Tensor]:
     rng = np.random.default_rng(0)
     first = np.zeros((batch, seq), np.float32)
     first[:, 0] = 1
-    return {"obs": tf.constant(rng.normal(size=(batch, seq, config.obs_dim)), tf.float32),
+    data = {}
+    if config.obs_dim:
+        data["obs"] = tf.constant(rng.normal(size=(batch, seq, config.obs_dim)), tf.float32)
+    if config.image_shape:
+        data["image"] = tf.constant(rng.integers(0, 256, (batch, seq, *config.image_shape)),
+                                    tf.uint8)
+    return {**data,
             "action": tf.constant(rng.uniform(-1, 1, (batch, seq, config.action_dim)),
                                   tf.float32),
             "reward": tf.constant(rng.normal(size=(batch, seq)), tf.float32),
@@ -91,7 +116,7 @@ def ours(config: RssmConfig, batch: int, seq: int, mode: str, iters: int, warmup
         first, ms = timed(lambda: step(data), iters, warmup)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    flops = 6.0 * batch * seq * kernel_params(model)
+    flops = update_flops(model, batch, seq)
     return {"ms": ms, "compile_s": first, "peak_rss_mb": peak_rss_mb(),
             "transitions_per_s": batch * seq / (ms / 1000.0), "gflop": flops / 1e9,
             "gflops_per_s": flops / 1e9 / (ms / 1000.0)}
@@ -136,6 +161,8 @@ def main() -> int:
     parser.add_argument("--obs-dim", type=int, default=64)
     parser.add_argument("--action-dim", type=int, default=11)
     parser.add_argument("--no-torchrl", action="store_true")
+    parser.add_argument("--image", type=int, default=64,
+                        help="image rows at SIZE x SIZE x 3 (64; 0 skips them)")
     parser.add_argument("--json", default="train_speed.json")
     args = parser.parse_args()
     config = RssmConfig(obs_dim=args.obs_dim, action_dim=args.action_dim)
@@ -158,6 +185,14 @@ def main() -> int:
             rows["TorchRL DreamerV3"] = torchrl
         except ImportError as error:
             print(f"TorchRL row skipped: {error}")
+    image_config = None
+    if args.image:
+        image_config = RssmConfig(obs_dim=0, action_dim=args.action_dim,
+                                  image_shape=(args.image, args.image, 3))
+        rows[f"image {args.image}x{args.image}x3, xla"] = ours(
+            image_config, b, t, "xla", args.iters, args.warmup)
+        rows[f"image {args.image}x{args.image}x3, tf.function"] = ours(
+            image_config, b, t, "function", args.iters, args.warmup)
     imagine = imagine_row(config, 1024, 15, args.iters, args.warmup)
     peak32 = matmul_peak("float32")
     peak16 = matmul_peak("bfloat16")
@@ -175,7 +210,12 @@ def main() -> int:
     print(f"{'imagine 1024 x 15 (xla)':<30} {imagine['ms']:>8.1f} {imagine['compile_s']:>10.1f}")
     print(f"dense matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s; "
           f"the update reaches {100 * best['gflops_per_s'] / peak32:.0f}% of float32")
+    if image_config is not None:
+        print(f"image rows: {args.image}x{args.image}x3 frames only, CNN depth "
+              f"{image_config.cnn_depth} ({image_config.cnn_stages} stages), update = "
+              f"{rows[f'image {args.image}x{args.image}x3, xla']['gflop']:.1f} GFLOP")
     report = {"config": config.to_dict(), "batch": b, "seq": t, "rows": rows,
+              "image_config": image_config.to_dict() if image_config else None,
               "imagine_1024x15": imagine, "matmul_gflops": {"float32": peak32,
                                                             "bfloat16": peak16},
               "fraction_of_fp32_peak": best["gflops_per_s"] / peak32}
