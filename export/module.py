@@ -54,13 +54,13 @@ class InferenceModule(tf.Module):
             "z": tf.TensorSpec([None, c.stoch_size], f32, name="z"),
             "action": tf.TensorSpec([None, c.action_dim], f32, name="action"),
             "obs": tf.TensorSpec([None, c.obs_dim], f32, name="obs"),
-            "image": tf.TensorSpec([None, *(c.image_shape or (1, 1, 1))], tf.uint8,
-                                   name="image"),
             "actions": tf.TensorSpec([None, None, c.action_dim], f32, name="actions"),
             "noise": tf.TensorSpec([None, c.n_categories, c.n_classes], f32, name="noise"),
             "noise_seq": tf.TensorSpec([None, None, c.n_categories, c.n_classes], f32,
                                        name="noise"),
         }
+        if c.image_shape:
+            self.specs["image"] = tf.TensorSpec([None, *c.image_shape], tf.uint8, name="image")
 
     # ------------------------------------------------------------ functions
     def _noise(self, noise: tf.Tensor | None, mode: bool, like: tf.Tensor) -> Any:

@@ -151,8 +151,7 @@ class ImaginationCallback(keras.callbacks.Callback):
         self.out_dir = Path(out_dir)
         self.context, self.horizon = context, horizon
         self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
-        self.last_path: Path | None = None  # the last picture written
-        self.paths: dict[str, Path] = {}
+        self.paths: dict[str, Path] = {}  # the pictures of the last epoch, by name
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         w = self.window
@@ -169,9 +168,8 @@ class ImaginationCallback(keras.callbacks.Callback):
         if "image" in keys:
             pictures["imagination_frames"] = frames_figure(
                 w["image"][0], dream["image"], self.context, title=f"epoch {epoch + 1}")
-        for name, png in pictures.items():
-            self.last_path = write_atomic(self.out_dir / f"{name}_epoch{epoch + 1}.png", png)
-        self.paths = {name: self.out_dir / f"{name}_epoch{epoch + 1}.png" for name in pictures}
+        self.paths = {name: write_atomic(self.out_dir / f"{name}_epoch{epoch + 1}.png", png)
+                      for name, png in pictures.items()}
         if self.writer is not None:
             with self.writer.as_default():
                 for name, png in pictures.items():

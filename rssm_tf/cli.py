@@ -166,7 +166,8 @@ def cmd_imagine(args: argparse.Namespace) -> None:
                                    args.context, args.horizon)
     callback.set_model(_load_model(args.model))
     callback.on_epoch_end(-1)
-    os.replace(callback.last_path, args.out)
+    picture = callback.paths.get("imagination_frames", callback.paths["imagination"])
+    os.replace(picture, args.out)
     print(f"wrote {args.out}")
 
 

@@ -98,16 +98,22 @@ def config_for_episode(episode: dict[str, np.ndarray], obs_keys: tuple[str, ...]
     """An :class:`RssmConfig` sized for ``episode``'s arrays: ``obs_dim`` from ``obs``,
     ``image_shape`` from ``image`` (for the ``obs_keys`` chosen; default all the
     episode has), ``action_dim`` from ``action``; ``fields`` set the rest."""
-    keys = obs_keys if obs_keys is not None else [k for k in OBS_KEYS if k in episode]
-    unknown = [k for k in keys if k not in OBS_KEYS or k not in episode]
-    if unknown or not keys:
-        raise ValueError(f"obs_keys must be a non-empty subset of the episode's "
-                         f"observation keys {[k for k in OBS_KEYS if k in episode]}, "
-                         f"got {list(keys)}")
+    keys = _pick_obs_keys([episode], obs_keys, "the episode")
     return RssmConfig(obs_dim=episode["obs"].shape[1] if "obs" in keys else 0,
                       action_dim=episode["action"].shape[1],
                       image_shape=tuple(episode["image"].shape[1:]) if "image" in keys
                       else None, **fields)
+
+
+def _pick_obs_keys(episodes: list[dict[str, Any]], obs_keys: Any, where: str
+                   ) -> tuple[str, ...]:
+    """``obs_keys`` (default: the observation keys every episode has), checked."""
+    have = [k for k in OBS_KEYS if all(k in e for e in episodes)]
+    keys = tuple(obs_keys) if obs_keys is not None else tuple(have)
+    if not keys or any(k not in have for k in keys):
+        raise ValueError(f"obs_keys must be a non-empty subset of the observation keys "
+                         f"every episode in {where} has ({have}), got {list(keys)}")
+    return keys
 
 
 def save_episode(directory: str | os.PathLike, episode: dict[str, Any],
@@ -203,13 +209,7 @@ def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size
         episodes = EpisodeStore(directory).load()
     if not episodes:
         raise ValueError(f"no episodes in {where}")
-    have = [k for k in OBS_KEYS if all(k in e for e in episodes)]
-    keys = tuple(obs_keys) if obs_keys is not None else tuple(have)
-    absent = [k for k in keys if k not in have]
-    if absent or not keys or any(k not in OBS_KEYS for k in keys):
-        raise ValueError(f"obs_keys must be a non-empty subset of the observation keys "
-                         f"every episode in {where} has ({have}), got {list(keys)}")
-    keys += STEP_KEYS
+    keys = _pick_obs_keys(episodes, obs_keys, where) + STEP_KEYS
     shapes = {tuple((k, e[k].shape[1:]) for k in keys if k != "reward") for e in episodes}
     if len(shapes) != 1:
         raise ValueError(f"episodes in {where} disagree on their per-step shapes: "

@@ -26,6 +26,13 @@ def image_to_float(image: tf.Tensor, dtype: str = "float32") -> tf.Tensor:
     return tf.cast(tf.cast(image, "float32") / 255.0 - 0.5, dtype)
 
 
+def cnn_grid(image_shape: tuple[int, ...], depth: int, stages: int) -> tuple[int, int, int]:
+    """The encoder's last feature map for images of ``image_shape`` (the decoder's
+    first): (H / 2**stages, W / 2**stages, depth * 2**(stages - 1))."""
+    return (image_shape[0] // 2 ** stages, image_shape[1] // 2 ** stages,
+            depth * 2 ** (stages - 1))
+
+
 def _merge_lead(x: tf.Tensor, rank: int) -> tuple[tf.Tensor, tf.Tensor]:
     """``x`` [..., *inner] (``rank`` inner axes) as [N, *inner], and the lead shape."""
     shape = tf.shape(x)
@@ -64,9 +71,8 @@ class ImageEncoder(keras.layers.Layer):
 
     def output_size(self, image_shape: tuple[int, int, int]) -> int:
         """The embedding width for images of ``image_shape``."""
-        scale = 2 ** self.stages
-        return (image_shape[0] // scale) * (image_shape[1] // scale) * \
-            self.depth * 2 ** (self.stages - 1)
+        height, width, channels = cnn_grid(image_shape, self.depth, self.stages)
+        return height * width * channels
 
     def call(self, image: tf.Tensor) -> tf.Tensor:
         x, lead = _merge_lead(image_to_float(image, self.compute_dtype), 3)
@@ -97,8 +103,8 @@ class ImageDecoder(keras.layers.Layer):
         self.image_shape = tuple(image_shape)
         self.depth, self.stages, self.kernel = depth, stages, kernel
         self.norm_kind, self.norm_eps = norm, norm_eps
-        height, width, channels = self.image_shape
-        self.grid = (height // 2 ** stages, width // 2 ** stages, depth * 2 ** (stages - 1))
+        channels = self.image_shape[-1]
+        self.grid = cnn_grid(self.image_shape, depth, stages)
         self.linear = keras.layers.Dense(self.grid[0] * self.grid[1] * self.grid[2],
                                          name="linear", dtype=self.dtype_policy)
         widths = [depth * 2 ** i for i in reversed(range(stages - 1))] + [channels]

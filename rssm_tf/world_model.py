@@ -31,13 +31,7 @@ from rssm_tf.latents import latent_distribution, uniform_noise
 from rssm_tf.losses import TwohotEncoder, kl_balanced_loss
 from rssm_tf.math import symexp, symlog
 from rssm_tf.rssm import Rssm
-from rssm_tf.validation import (
-    as_float_tensor,
-    as_image_tensor,
-    check_finite,
-    check_same,
-    check_shape,
-)
+from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
 
 METRIC_NAMES = ("loss", "rec", "rew", "con", "dyn", "rep", "kl", "prior_ent",
                 "post_ent", "grad_norm")
@@ -124,7 +118,7 @@ class WorldModel(keras.Model):
             on_cpu = not tf.config.list_logical_devices("GPU") if single else all(
                 "CPU" in d.upper() for d in strategy.extended.worker_devices)
             jit_compile = not on_cpu or (single and self.config.image_shape is None)
-            if not jit_compile and strategy.num_replicas_in_sync > 1:
+            if not jit_compile and not single:
                 print("WorldModel.compile: several replicas on CPU devices; XLA is off "
                       "for this strategy")
         from tensorflow.python.framework import config as tf_config
@@ -175,12 +169,8 @@ class WorldModel(keras.Model):
         if missing:
             raise ValueError(f"batch is missing key(s) {missing}; expected {list(keys)}")
         c = self.config
-        batch = {k: as_image_tensor(k, data[k]) if k == "image" else as_float_tensor(k, data[k])
-                 for k in keys}
-        if "obs" in batch:
-            check_shape("obs", batch["obs"], ["B", "T", c.obs_dim])
-        if "image" in batch:
-            check_shape("image", batch["image"], ["B", "T", *c.image_shape])
+        batch = self.rssm.check_obs({k: data[k] for k in c.obs_keys}, ["B", "T"])
+        batch.update({k: as_float_tensor(k, data[k]) for k in STEP_KEYS})
         check_shape("action", batch["action"], ["B", "T", c.action_dim])
         for key in ("reward", "is_first", "is_terminal"):
             check_shape(key, batch[key], ["B", "T"])
