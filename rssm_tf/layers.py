@@ -18,7 +18,8 @@ _PACKAGE = "rssm_tf"
 def matmul(site: str, x: tf.Tensor, kernel: tf.Variable | tf.Tensor,
            rows: tuple[int, int] | None = None) -> tf.Tensor:
     """``x @ kernel[rows]`` in ``x``'s dtype; a 3-D kernel [G, in, out] multiplies each
-    block of ``x`` [..., G, in] by its own matrix (one batched einsum).
+    block of ``x`` [G, ..., in] (blocks in front) by its own matrix (one batched einsum,
+    whose output XLA lays out blocks-first without a transpose).
 
     The recurrent step calls every weight multiplication through a function of this
     signature; ``site`` names it, so :mod:`rssm_tf.scan` can pass another one that
@@ -27,7 +28,7 @@ def matmul(site: str, x: tf.Tensor, kernel: tf.Variable | tf.Tensor,
     w = kernel if rows is None else kernel[rows[0]:rows[1]]
     w = tf.cast(w, x.dtype)
     if w.shape.rank == 3:
-        return tf.einsum("...gi,gio->...go", x, w)
+        return tf.einsum("g...i,gio->g...o", x, w)
     return tf.matmul(x, w)
 
 
@@ -168,10 +169,19 @@ class BlockLinear(keras.layers.Layer):
             self.bias = self.add_weight(name="bias", shape=(self.n_blocks, self.units),
                                         initializer="zeros")
 
-    def call(self, x: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        rank = x.shape.rank
+        to_front = [rank - 2] + list(range(rank - 2)) + [rank - 1]
+        to_back = list(range(1, rank - 1)) + [0, rank - 1]
+        return tf.transpose(self.block_major(tf.transpose(x, to_front)), to_back)
+
+    def block_major(self, x: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
+        """The map on blocks in front: [G, ..., in] -> [G, ..., units]."""
         y = mm(self.name, x, self.kernel)
         if self.bias is not None:
-            y = y + tf.cast(self.bias, x.dtype)
+            rank = x.shape.rank
+            y = y + tf.reshape(tf.cast(self.bias, x.dtype),
+                               [self.n_blocks] + [1] * (rank - 2) + [self.units])
         return y
 
     def get_config(self) -> dict[str, Any]:
@@ -258,13 +268,19 @@ class BlockGRU(keras.layers.Layer):
         h = tf.cast(h, dtype)
         d, g = self.units, self.n_blocks
         x_proj = tf.cast(x_proj, dtype)
-        if g:
-            pre = self.hidden(tf.reshape(h, [-1, g, d // g]), mm=mm) \
-                + tf.reshape(x_proj, [-1, g, d // g])
+        if g:  # blocks in front: [G, B, d/G]
+            def blocks(t):
+                return tf.transpose(tf.reshape(t, [-1, g, d // g]), [1, 0, 2])
+
+            pre = self.hidden.block_major(blocks(h), mm=mm) + blocks(x_proj)
             y = tf.nn.silu(self.norm(tf.cast(pre, "float32")))  # per block
-            gates = self.gates(tf.cast(y, dtype), mm=mm)
-            r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [B, G, d/G]
-            r, c, u = (tf.reshape(t, [-1, d]) for t in (r, c, u))
+            gates = self.gates.block_major(tf.cast(y, dtype), mm=mm)
+            r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [G, B, d/G]
+            r = tf.sigmoid(r)
+            c = tf.tanh(r * c)
+            u = tf.sigmoid(u + self.update_bias)
+            h_new = u * c + (1.0 - u) * tf.cast(blocks(h), "float32")
+            return tf.reshape(tf.transpose(h_new, [1, 0, 2]), [-1, d])
         else:
             pre = mm("gru/hidden", h, self.hidden.kernel) \
                 + tf.cast(self.hidden.bias, dtype) + x_proj

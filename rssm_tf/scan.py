@@ -74,12 +74,15 @@ def _forward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise):
     stored inputs ``xs`` and outputs ``ys`` ([T, B, ...] each)."""
     steps = tf.shape(first)[0]
     c = rssm.config
+    # Each site's kernel (its rows, in the compute dtype) made once: sliced inside the
+    # loop, XLA copies the rows every step.
+    kernels = {s: _kernel(var, rows, rssm.compute_dtype) for s, var, rows in sites}
 
     def body(t, h, z, out, xs, ys):
         recorded: dict[str, tuple[tf.Tensor, tf.Tensor]] = {}
 
         def record(site, x, kernel, rows=None):
-            y = matmul(site, x, kernel, rows)
+            y = matmul(site, x, kernels[site])
             recorded[site] = (x, y)
             return y
 
@@ -103,10 +106,15 @@ def _forward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise):
     return hs, zs, posts, [ta.stack() for ta in xs], [ta.stack() for ta in ys]
 
 
+def _kernel(kernel: Any, rows: Any, dtype: tf.DType) -> tf.Tensor:
+    """A site's kernel (its rows) in ``dtype``."""
+    return tf.cast(kernel if rows is None else kernel[rows[0]:rows[1]], dtype)
+
+
 def _transposed(kernel: Any, rows: Any, dtype: tf.DType) -> tf.Tensor:
     """``W^T`` of a site (its rows), made once before the backward loop: XLA's CPU
     matmul is faster on a stored transpose than with ``transpose_b``."""
-    w = tf.cast(kernel if rows is None else kernel[rows[0]:rows[1]], dtype)
+    w = _kernel(kernel, rows, dtype)
     return tf.transpose(w, [0, 2, 1] if w.shape.rank == 3 else [1, 0])
 
 
@@ -118,7 +126,7 @@ def _replay(y: tf.Tensor, x: tf.Tensor, w_t: tf.Tensor) -> tf.Tensor:
     def replay(x):
         def grad(dy):
             if w_t.shape.rank == 3:
-                return tf.einsum("...go,goi->...gi", dy, w_t)
+                return tf.einsum("g...o,goi->g...i", dy, w_t)
             return tf.matmul(dy, w_t)
 
         return tf.identity(y), grad
@@ -178,7 +186,7 @@ def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, h
         x = tf.cast(x_all, "float32")
         dy = tf.cast(dy_ta.stack(), "float32")
         if var.shape.rank == 3:  # block kernel [G, in, out]
-            dw = tf.einsum("tbgi,tbgo->gio", x, dy)
+            dw = tf.einsum("tgbi,tgbo->gio", x, dy)
         else:
             dw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(dy, [-1, dy.shape[-1]]),
                            transpose_a=True)
