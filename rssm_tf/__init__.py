@@ -14,7 +14,13 @@ from rssm_tf.config import KlBalanceConfig, RssmConfig
 from rssm_tf.heads import ImageDecoder, ImageEncoder, ObsDecoder, ObsEncoder, VectorEncoder
 from rssm_tf.latents import latent_distribution, mix_logits, sample_latent
 from rssm_tf.layers import BlockGRU, BlockLinear, Mlp, NormDense
-from rssm_tf.losses import KlLoss, TwohotEncoder, categorical_kl, kl_balanced_loss
+from rssm_tf.losses import (
+                             KlLoss,
+                             TwohotEncoder,
+                             categorical_entropy,
+                             categorical_kl,
+                             kl_balanced_loss,
+)
 from rssm_tf.math import symexp, symlog
 from rssm_tf.rssm import Rssm, RssmState
 
@@ -23,7 +29,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockGRU", "BlockLinear", "ImageDecoder", "ImageEncoder", "KlBalanceConfig", "KlLoss",
     "Mlp", "NormDense", "ObsDecoder", "ObsEncoder", "Rssm",
-    "RssmConfig", "RssmState", "TwohotEncoder", "VectorEncoder", "categorical_kl",
+    "RssmConfig", "RssmState", "TwohotEncoder", "VectorEncoder", "categorical_entropy",
+    "categorical_kl",
     "kl_balanced_loss", "latent_distribution", "mix_logits", "sample_latent", "symexp",
     "symlog",
 ]

@@ -11,16 +11,26 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.config import KlBalanceConfig
-from rssm_tf.latents import latent_distribution
 from rssm_tf.math import symexp, symlog
 
 
 def categorical_kl(p_logits: tf.Tensor, q_logits: tf.Tensor) -> tf.Tensor:
-    """KL(p || q) of S independent categoricals, summed over K then over the S groups.
+    """KL(p || q) of S independent categoricals, summed over K then over the S groups:
+    ``sum p * (log p - log q)`` with ``log p = log_softmax(p_logits)``.
 
-    ``p_logits``, ``q_logits``: [..., S, K] (unimix-adjusted) -> [...].
+    ``p_logits``, ``q_logits``: [..., S, K] (unimix-adjusted) -> [...]. Equal to the
+    KL of :func:`~rssm_tf.latents.latent_distribution`'s distributions, written out
+    so the dyn and rep terms share their forward pass under XLA.
     """
-    return latent_distribution(p_logits).kl_divergence(latent_distribution(q_logits))
+    log_p = tf.nn.log_softmax(tf.cast(p_logits, "float32"), axis=-1)
+    log_q = tf.nn.log_softmax(tf.cast(q_logits, "float32"), axis=-1)
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=[-2, -1])
+
+
+def categorical_entropy(logits: tf.Tensor) -> tf.Tensor:
+    """Entropy of S independent categoricals summed over the groups, [..., S, K] -> [...]."""
+    log_p = tf.nn.log_softmax(tf.cast(logits, "float32"), axis=-1)
+    return -tf.reduce_sum(tf.exp(log_p) * log_p, axis=[-2, -1])
 
 
 class KlLoss(NamedTuple):

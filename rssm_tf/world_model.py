@@ -27,8 +27,8 @@ import tensorflow as tf
 from rssm_tf.config import KlBalanceConfig, RssmConfig
 from rssm_tf.data import STEP_KEYS
 from rssm_tf.heads import ObsDecoder, image_to_float
-from rssm_tf.latents import latent_distribution, uniform_noise
-from rssm_tf.losses import TwohotEncoder, kl_balanced_loss
+from rssm_tf.latents import uniform_noise
+from rssm_tf.losses import TwohotEncoder, categorical_entropy, kl_balanced_loss
 from rssm_tf.math import symexp, symlog
 from rssm_tf.rssm import Rssm
 from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
@@ -231,8 +231,8 @@ class WorldModel(keras.Model):
         logs = {"loss": loss, "rec": tf.reduce_mean(rec), "rew": tf.reduce_mean(rew),
                 "con": tf.reduce_mean(con), "dyn": tf.reduce_mean(kl.dyn),
                 "rep": tf.reduce_mean(kl.rep), "kl": tf.reduce_mean(kl.kl),
-                "prior_ent": tf.reduce_mean(latent_distribution(prior).entropy()),
-                "post_ent": tf.reduce_mean(latent_distribution(post).entropy())}
+                "prior_ent": tf.reduce_mean(categorical_entropy(prior)),
+                "post_ent": tf.reduce_mean(categorical_entropy(post))}
         return loss, logs
 
     def _training_noise(self, batch: dict[str, tf.Tensor]) -> tf.Tensor:

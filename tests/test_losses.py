@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rssm_tf import KlBalanceConfig, TwohotEncoder, kl_balanced_loss, symexp, symlog
+from rssm_tf import (
+    KlBalanceConfig,
+    TwohotEncoder,
+    categorical_entropy,
+    categorical_kl,
+    kl_balanced_loss,
+    latent_distribution,
+    mix_logits,
+    symexp,
+    symlog,
+)
 
 # two groups, p = [0.5, 0.5], q = [0.25, 0.75] in each
 P = np.log(np.array([[0.5, 0.5], [0.5, 0.5]], np.float32))
@@ -26,6 +36,25 @@ def test_kl_free_nats_on_summed_kl(free_nats, expected):
     np.testing.assert_allclose(result.dyn.numpy(), [expected], rtol=1e-5)
     np.testing.assert_allclose(result.rep.numpy(), [expected], rtol=1e-5)
     np.testing.assert_allclose(result.loss.numpy(), 0.6 * expected, rtol=1e-5)
+
+
+def test_kl_and_entropy_by_hand_and_equal_to_tfp():
+    np.testing.assert_allclose(categorical_kl(P, Q).numpy(), 2 * KL_PER_GROUP, rtol=1e-6)
+    # entropy of [0.5, 0.5] is log 2 per group; of [0.25, 0.75] 0.5623351 per group
+    np.testing.assert_allclose(categorical_entropy(P).numpy(), 2 * np.log(2.0), rtol=1e-6)
+    h_q = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    np.testing.assert_allclose(categorical_entropy(Q).numpy(), 2 * h_q, rtol=1e-6)
+    # on mixed logits (what the model passes): values and gradients equal TFP's
+    rng = np.random.default_rng(0)
+    p = tf.Variable(mix_logits(rng.normal(size=(3, 4, 8)).astype(np.float32) * 3, 0.01))
+    q = tf.Variable(mix_logits(rng.normal(size=(3, 4, 8)).astype(np.float32) * 3, 0.01))
+    with tf.GradientTape(persistent=True) as tape:
+        ours = categorical_kl(p, q) + categorical_entropy(p)
+        dist = latent_distribution(p)
+        theirs = dist.kl_divergence(latent_distribution(q)) + dist.entropy()
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(tape.gradient(ours, [p, q]), tape.gradient(theirs, [p, q])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_free_nats_do_not_clip_each_group():
