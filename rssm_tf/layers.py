@@ -16,10 +16,12 @@ _PACKAGE = "rssm_tf"
 
 
 def matmul(site: str, x: tf.Tensor, kernel: tf.Variable | tf.Tensor,
-           rows: tuple[int, int] | None = None) -> tf.Tensor:
-    """``x @ kernel[rows]`` in ``x``'s dtype; a 3-D kernel [G, in, out] multiplies each
-    block of ``x`` [G, ..., in] (blocks in front) by its own matrix (one batched einsum,
-    whose output XLA lays out blocks-first without a transpose).
+           rows: tuple[int, int] | None = None,
+           bias: tf.Variable | tf.Tensor | None = None) -> tf.Tensor:
+    """``x @ kernel[rows] + bias`` in ``x``'s dtype; a 3-D kernel [G, in, out] multiplies
+    each block of ``x`` [G, ..., in] (blocks in front) by its own matrix (one batched
+    einsum, whose output XLA lays out blocks-first without a transpose) and adds its
+    row of ``bias`` [G, out].
 
     The recurrent step calls every weight multiplication through a function of this
     signature; ``site`` names it, so :mod:`rssm_tf.scan` can pass another one that
@@ -28,8 +30,13 @@ def matmul(site: str, x: tf.Tensor, kernel: tf.Variable | tf.Tensor,
     w = kernel if rows is None else kernel[rows[0]:rows[1]]
     w = tf.cast(w, x.dtype)
     if w.shape.rank == 3:
-        return tf.einsum("g...i,gio->g...o", x, w)
-    return tf.matmul(x, w)
+        y = tf.einsum("g...i,gio->g...o", x, w)
+        if bias is not None:
+            y = y + tf.reshape(tf.cast(bias, x.dtype),
+                               [w.shape[0]] + [1] * (x.shape.rank - 2) + [w.shape[2]])
+        return y
+    y = tf.matmul(x, w)
+    return y if bias is None else y + tf.cast(bias, x.dtype)
 
 
 def make_norm(kind: str, eps: float, name: str | None = None) -> keras.layers.Layer:
@@ -177,12 +184,7 @@ class BlockLinear(keras.layers.Layer):
 
     def block_major(self, x: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
         """The map on blocks in front: [G, ..., in] -> [G, ..., units]."""
-        y = mm(self.name, x, self.kernel)
-        if self.bias is not None:
-            rank = x.shape.rank
-            y = y + tf.reshape(tf.cast(self.bias, x.dtype),
-                               [self.n_blocks] + [1] * (rank - 2) + [self.units])
-        return y
+        return mm(self.name, x, self.kernel, None, self.bias)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -282,8 +284,7 @@ class BlockGRU(keras.layers.Layer):
             h_new = u * c + (1.0 - u) * tf.cast(blocks(h), "float32")
             return tf.reshape(tf.transpose(h_new, [1, 0, 2]), [-1, d])
         else:
-            pre = mm("gru/hidden", h, self.hidden.kernel) \
-                + tf.cast(self.hidden.bias, dtype) + x_proj
+            pre = mm("gru/hidden", h, self.hidden.kernel, None, self.hidden.bias) + x_proj
             r, c, u = tf.split(self.norm(tf.cast(pre, "float32")), 3, axis=-1)
         r = tf.sigmoid(r)
         c = tf.tanh(r * c)

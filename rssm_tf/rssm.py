@@ -162,7 +162,7 @@ class Rssm(keras.layers.Layer):
         for i, layer in enumerate(self.post_net.hidden[1:]):
             x = layer.activate(mm(f"post/{i + 1}", x, layer.dense.kernel))
         out = self.post_net.out
-        return self._to_logits(mm("post/out", x, out.kernel) + tf.cast(out.bias, dtype))
+        return self._to_logits(mm("post/out", x, out.kernel, None, out.bias))
 
     def _observe_step(self, h: tf.Tensor, z: tf.Tensor, first: tf.Tensor, a_proj: tf.Tensor,
                       e_proj: tf.Tensor, gumbel_noise: tf.Tensor | None, mm: Any = matmul

@@ -7,10 +7,11 @@ only the state gradients.
 The forward loop stores, for every weight multiplication ``y = x @ W`` of the step
 (the ``mm`` sites of :meth:`Rssm._observe_step`), its input ``x`` and output ``y``.
 The backward loop re-runs the step's element-wise work under a tape that watches the
-state, the step's inputs and the small parameters (norm scales, biases), but replays
+state, the step's inputs and the small parameters (norm scales), but replays
 each multiplication from the stored ``y`` instead of recomputing it (its gradient is
 ``dx = dy @ W^T``), and records ``dL/dy``. After the loop each big weight gradient is
-one matmul over all T*B rows: ``dW = X^T dY``.
+one matmul over all T*B rows: ``dW = X^T dY``, and a bias added at a site
+(``y = x @ W + b``) gets the sum of ``dY``.
 
 Gradients are equal to TensorFlow's autodiff of the same loop (a test checks 1e-5).
 """
@@ -30,13 +31,14 @@ def _tf_variable(var: Any) -> tf.Variable:
 
 
 def _sites(rssm: Any, h: tf.Tensor, z: tf.Tensor, first: tf.Tensor, a: tf.Tensor,
-           e: tf.Tensor, noise: tf.Tensor | None) -> list[tuple[str, Any, Any]]:
-    """The step's weight multiplications in call order: (site, variable, rows)."""
-    found: list[tuple[str, Any, Any]] = []
+           e: tf.Tensor, noise: tf.Tensor | None) -> list[tuple[str, Any, Any, Any]]:
+    """The step's weight multiplications in call order: (site, kernel, rows, bias)."""
+    found: list[tuple[str, Any, Any, Any]] = []
 
-    def record(site: str, x: tf.Tensor, kernel: Any, rows: Any = None) -> tf.Tensor:
-        found.append((site, kernel, rows))
-        return matmul(site, x, kernel, rows)
+    def record(site: str, x: tf.Tensor, kernel: Any, rows: Any = None,
+               bias: Any = None) -> tf.Tensor:
+        found.append((site, kernel, rows, bias))
+        return matmul(site, x, kernel, rows, bias)
 
     # Traced for its side effect: in a graph it is dead code and pruned.
     rssm._observe_step(h, z, first, a, e, noise, record)
@@ -76,21 +78,21 @@ def _forward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise):
     c = rssm.config
     # Each site's kernel (its rows, in the compute dtype) made once: sliced inside the
     # loop, XLA copies the rows every step.
-    kernels = {s: _kernel(var, rows, rssm.compute_dtype) for s, var, rows in sites}
+    kernels = {s: _kernel(var, rows, rssm.compute_dtype) for s, var, rows, _ in sites}
 
     def body(t, h, z, out, xs, ys):
         recorded: dict[str, tuple[tf.Tensor, tf.Tensor]] = {}
 
-        def record(site, x, kernel, rows=None):
-            y = matmul(site, x, kernels[site])
+        def record(site, x, kernel, rows=None, bias=None):
+            y = matmul(site, x, kernels[site], None, bias)
             recorded[site] = (x, y)
             return y
 
         h, z, post = rssm._observe_step(h, z, first[t], a_proj[t], e_proj[t],
                                         noise_tm[t] if has_noise else None, record)
         out = [ta.write(t, v) for ta, v in zip(out, (h, z, post))]
-        xs = [ta.write(t, recorded[s][0]) for ta, (s, _, _) in zip(xs, sites)]
-        ys = [ta.write(t, recorded[s][1]) for ta, (s, _, _) in zip(ys, sites)]
+        xs = [ta.write(t, recorded[s][0]) for ta, (s, *_) in zip(xs, sites)]
+        ys = [ta.write(t, recorded[s][1]) for ta, (s, *_) in zip(ys, sites)]
         return t + 1, h, z, out, xs, ys
 
     def arrays(n, dtype=rssm.compute_dtype):
@@ -142,15 +144,18 @@ def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, h
     steps = tf.shape(hs)[0]
     h_prev = tf.concat([h0[None], hs[:-1]], 0)
     z_prev = tf.concat([z0[None], zs[:-1]], 0)
-    big = {id(_tf_variable(var)) for _, var, _ in sites}
+    # Kernels and biases get their gradients after the loop, from each site's dL/dy.
+    big = {id(_tf_variable(v)) for _, kernel, _, bias in sites
+           for v in (kernel, bias) if v is not None}
     small = [v for v in variables if id(v) not in big]
-    stored = {s: y for (s, _, _), y in zip(sites, site_ys)}
-    transposed = {s: _transposed(var, rows, rssm.compute_dtype) for s, var, rows in sites}
+    stored = {s: y for (s, *_), y in zip(sites, site_ys)}
+    transposed = {s: _transposed(var, rows, rssm.compute_dtype)
+                  for s, var, rows, _ in sites}
 
     def body(t, dh, dz, small_acc, dys, das, des):
         recorded: dict[str, tf.Tensor] = {}
 
-        def record(site, x, kernel, rows=None):
+        def record(site, x, kernel, rows=None, bias=None):
             y = _replay(stored[site][t], x, transposed[site])
             recorded[site] = y
             return y
@@ -164,7 +169,7 @@ def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, h
                                               noise_tm[t] if has_noise else None, record)
             target = (tf.reduce_sum((dhs[t] + dh) * h1) + tf.reduce_sum((dzs[t] + dz) * z1)
                       + tf.reduce_sum(dposts[t] * post))
-        ys = [recorded[s] for s, _, _ in sites]
+        ys = [recorded[s] for s, *_ in sites]
         grads = tape.gradient(target, [hp, zp, a_t, e_t] + small + ys,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         g_h, g_z, g_a, g_e = grads[:4]
@@ -181,18 +186,25 @@ def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, h
     _, dh0, dz0, small_acc, dys, das, des = tf.while_loop(lambda t, *_: t >= 0, body, init)
 
     grads: dict[int, tf.Tensor] = {id(v): g for v, g in zip(small, small_acc)}
-    for (_, keras_var, rows), x_all, dy_ta in zip(sites, site_xs, dys):
+    def add(var: tf.Variable, g: tf.Tensor) -> None:
+        g = tf.cast(g, var.dtype)
+        grads[id(var)] = grads[id(var)] + g if id(var) in grads else g
+
+    for (_, keras_var, rows, bias), x_all, dy_ta in zip(sites, site_xs, dys):
         var = _tf_variable(keras_var)
         x = tf.cast(x_all, "float32")
         dy = tf.cast(dy_ta.stack(), "float32")
-        if var.shape.rank == 3:  # block kernel [G, in, out]
+        if var.shape.rank == 3:  # block kernel [G, in, out]; x, dy [T, G, B, ...]
             dw = tf.einsum("tgbi,tgbo->gio", x, dy)
+            db = tf.reduce_sum(dy, [0, 2])
         else:
-            dw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(dy, [-1, dy.shape[-1]]),
-                           transpose_a=True)
+            dy = tf.reshape(dy, [-1, dy.shape[-1]])
+            dw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), dy, transpose_a=True)
+            db = tf.reduce_sum(dy, 0)
         if rows is not None:
             dw = tf.pad(dw, [[rows[0], var.shape[0] - rows[1]], [0, 0]])
-        dw = tf.cast(dw, var.dtype)
-        grads[id(var)] = grads[id(var)] + dw if id(var) in grads else dw
+        add(var, dw)
+        if bias is not None:
+            add(_tf_variable(bias), db)
     var_grads = [grads.get(id(v)) for v in variables]
     return (dh0, dz0, das.stack(), des.stack()), var_grads
