@@ -105,6 +105,21 @@ def sample_latent(logits: tf.Tensor, noise: tf.Tensor | None = None,
     return tf.reshape(z, shape)
 
 
+def sample_log_probs(log_probs: tf.Tensor, gumbel_noise: tf.Tensor | None) -> tf.Tensor:
+    """:func:`sample_latent` for logits that are normalised log-probabilities (what
+    :func:`mix_logits` returns), the recurrent step's fast path: the straight-through
+    term uses ``exp(log_probs)`` instead of a softmax. Same value (exactly one-hot);
+    the gradient reaching the logits *before* :func:`mix_logits` is the same as
+    through the softmax (the two differ by a multiple of the probabilities, which
+    the softmax's Jacobian maps to zero)."""
+    log_probs = tf.cast(log_probs, "float32")
+    onehot = mode_onehot(log_probs if gumbel_noise is None else log_probs + gumbel_noise)
+    probs = tf.exp(log_probs)
+    z = onehot + (probs - tf.stop_gradient(probs))
+    shape = tf.concat([tf.shape(z)[:-2], [log_probs.shape[-2] * log_probs.shape[-1]]], 0)
+    return tf.reshape(z, shape)
+
+
 def latent_distribution(logits: tf.Tensor):
     """The TFP distribution of the latent: S independent ``OneHotCategorical`` over
     K classes (``logits`` [..., S, K], already mixed). Event shape [S, K]."""

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from rssm_tf.config import RssmConfig
 from rssm_tf.heads import ObsEncoder, make_continue_head, make_reward_head
-from rssm_tf.latents import gumbel, mix_logits, sample_latent, uniform_noise
+from rssm_tf.latents import gumbel, mix_logits, sample_latent, sample_log_probs, uniform_noise
 from rssm_tf.layers import BlockGRU, Mlp, NormDense, matmul
 from rssm_tf.losses import TwohotEncoder
 from rssm_tf.scan import observe_scan
@@ -173,7 +173,7 @@ class Rssm(keras.layers.Layer):
         keep = 1.0 - first
         h = self._core(h * keep, z * keep, a_proj, mm)  # the initial state is zeros
         post = self._post_logits(h, e_proj, mm)
-        return h, sample_latent(post, gumbel_noise=gumbel_noise), post
+        return h, sample_log_probs(post, gumbel_noise), post
 
     def _observe_loop(self, h0: tf.Tensor, z0: tf.Tensor, first: tf.Tensor, a_proj: tf.Tensor,
                       e_proj: tf.Tensor, gumbel_noise: tf.Tensor | None

@@ -2,6 +2,7 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf import latent_distribution, mix_logits, sample_latent
+from rssm_tf.latents import gumbel, sample_log_probs
 
 
 def test_unimix_floor_and_normalisation():
@@ -45,3 +46,23 @@ def test_tfp_distribution_entropy():
     dist = latent_distribution(tf.zeros([2, 4, 8]))
     assert dist.event_shape == [4, 8]
     np.testing.assert_allclose(dist.entropy().numpy(), 4 * np.log(8.0), rtol=1e-6)
+
+
+def test_fast_path_on_log_probs_matches_sample_latent(rng):
+    # the step's sampler (exp instead of softmax in the straight-through term) gives
+    # the same one-hot and the same gradient with respect to the raw logits
+    raw = tf.Variable(rng.normal(size=(4, 3, 5)).astype("float32") * 2)
+    noise = tf.constant(rng.uniform(0.01, 0.99, size=(4, 3, 5)).astype("float32"))
+    weights = tf.constant(rng.normal(size=(4, 15)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        mixed = mix_logits(raw, 0.01)
+        fast = sample_log_probs(mixed, gumbel(noise))
+        slow = sample_latent(mixed, noise)
+        loss_fast = tf.reduce_sum(fast * weights)
+        loss_slow = tf.reduce_sum(slow * weights)
+    np.testing.assert_array_equal(fast.numpy(), slow.numpy())
+    assert set(np.unique(fast.numpy())) == {0.0, 1.0}
+    g_fast = tape.gradient(loss_fast, raw).numpy()
+    g_slow = tape.gradient(loss_slow, raw).numpy()
+    assert np.abs(g_slow).max() > 1e-3
+    np.testing.assert_allclose(g_fast, g_slow, rtol=1e-5, atol=1e-7)
