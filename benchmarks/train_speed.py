@@ -5,13 +5,15 @@ heads, the SPEC loss, Adam) at the seed configuration, B16 x T64 by default, run
 eagerly, as a ``tf.function`` and with XLA; XLA with TensorFlow's autodiff of the loop
 instead of the hand-written backward; XLA under ``mixed_bfloat16``; imagination of
 1024 starts x 15 steps; a dense matmul (the machine's practical peak); and, when
-``torch`` and ``torchrl`` import, TorchRL's DreamerV3 world model for the ratio. Then
-the same update for image observations (``--image 64``: 64x64x3 frames through
+``torch`` and ``torchrl`` import, TorchRL's DreamerV3 world model for the ratio (our
+XLA update and TorchRL's timed in ``--rounds`` alternating rounds, so both see the
+same machine; the ratio is the median of the rounds' ratios). Then the same update
+for image observations (``--image 64``: 64x64x3 frames through
 DreamerV3's CNN encoder and decoder at depth 32, no vector), with XLA and as a
 ``tf.function``.
 
-    python benchmarks/train_speed.py [--batch 16] [--seq 64] [--iters 10] [--image 64]
-                                     [--json out.json]
+    python benchmarks/train_speed.py [--batch 16] [--seq 64] [--iters 10] [--rounds 3]
+                                     [--image 64] [--json out.json]
 
 Reported: median ms per update after warm-up, compile time (first call), peak RSS,
 transitions per second, analytic FLOPs and achieved GFLOP/s.
@@ -25,6 +27,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -102,7 +105,8 @@ def make_batch(config: RssmConfig, batch: int, seq: int) -> dict[str, tf.Tensor]
 
 
 def ours(config: RssmConfig, batch: int, seq: int, mode: str, iters: int, warmup: int,
-         precision: str = "float32", manual: bool = True) -> dict:
+         precision: str = "float32", manual: bool = True) -> tuple[dict, Callable]:
+    """(the row, the timed update as a function of no arguments)."""
     keras.mixed_precision.set_global_policy(precision)
     try:
         model = WorldModel(config, check_numerics=False)
@@ -116,6 +120,10 @@ def ours(config: RssmConfig, batch: int, seq: int, mode: str, iters: int, warmup
         first, ms = timed(lambda: step(data), iters, warmup)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    return _row(ms, first, model, batch, seq), lambda: step(data)
+
+
+def _row(ms: float, first: float, model: WorldModel, batch: int, seq: int) -> dict:
     flops = update_flops(model, batch, seq)
     return {"ms": ms, "compile_s": first, "peak_rss_mb": peak_rss_mb(),
             "transitions_per_s": batch * seq / (ms / 1000.0), "gflop": flops / 1e9,
@@ -143,6 +151,31 @@ def imagine_row(config: RssmConfig, starts: int, horizon: int, iters: int, warmu
     return {"ms": ms, "compile_s": first, "peak_rss_mb": peak_rss_mb()}
 
 
+def ratio_rounds(ours_step: Callable, torch_step: Callable, rounds: int, iters: int,
+                 warmup: int) -> dict:
+    """Our XLA update and TorchRL's, timed in alternating rounds (median of ``iters``
+    each), so a drift in the machine's speed during the run affects both: the row
+    times are the medians over rounds and the ratio is the median of the rounds'
+    ratios."""
+    ours_ms, torch_ms = [], []
+    for _ in range(rounds):
+        ours_ms.append(timed(ours_step, iters, warmup)[1])
+        torch_ms.append(timed(torch_step, iters, warmup)[1])
+    ratios = [t / o for o, t in zip(ours_ms, torch_ms)]
+    return {"ours_ms": float(np.median(ours_ms)), "torchrl_ms": float(np.median(torch_ms)),
+            "rounds": [{"ours_ms": o, "torchrl_ms": t, "ratio": r}
+                       for o, t, r in zip(ours_ms, torch_ms, ratios)],
+            "ratio": float(np.median(ratios))}
+
+
+def _rate(row: dict, ms: float, transitions: int) -> dict:
+    """``row``'s time fields for a new median ``ms``."""
+    out = {"ms": ms, "transitions_per_s": transitions / (ms / 1000.0)}
+    if "gflop" in row:
+        out["gflops_per_s"] = row["gflop"] / (ms / 1000.0)
+    return out
+
+
 def matmul_peak(dtype: str, n: int = 2048, iters: int = 10) -> float:
     a = tf.random.normal([n, n], dtype="float32")
     a = tf.cast(a, dtype)
@@ -161,6 +194,8 @@ def main() -> int:
     parser.add_argument("--obs-dim", type=int, default=64)
     parser.add_argument("--action-dim", type=int, default=11)
     parser.add_argument("--no-torchrl", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of our XLA update and TorchRL's")
     parser.add_argument("--image", type=int, default=64,
                         help="image rows at SIZE x SIZE x 3 (64; 0 skips them)")
     parser.add_argument("--json", default="train_speed.json")
@@ -168,21 +203,26 @@ def main() -> int:
     config = RssmConfig(obs_dim=args.obs_dim, action_dim=args.action_dim)
     b, t = args.batch, args.seq
     rows = {}
-    rows["xla (hand-written backward)"] = ours(config, b, t, "xla", args.iters, args.warmup)
+    rows["xla (hand-written backward)"], xla_step = ours(config, b, t, "xla", args.iters,
+                                                        args.warmup)
     rows["xla, autodiff backward"] = ours(config, b, t, "xla", args.iters, args.warmup,
-                                          manual=False)
+                                          manual=False)[0]
     rows["xla, mixed_bfloat16"] = ours(config, b, t, "xla", args.iters, args.warmup,
-                                       precision="mixed_bfloat16")
-    rows["tf.function"] = ours(config, b, t, "function", args.iters, args.warmup)
-    rows["eager"] = ours(config, b, t, "eager", args.eager_iters, 0)
-    torchrl = None
+                                       precision="mixed_bfloat16")[0]
+    rows["tf.function"] = ours(config, b, t, "function", args.iters, args.warmup)[0]
+    rows["eager"] = ours(config, b, t, "eager", args.eager_iters, 0)[0]
+    rounds = None
     if not args.no_torchrl:
         try:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from torchrl_reference import torchrl_update  # optional: torch + torchrl
+            from torchrl_reference import torchrl_step  # optional: torch + torchrl
 
-            torchrl = torchrl_update(config, b, t, args.iters, args.warmup)
-            rows["TorchRL DreamerV3"] = torchrl
+            torch_step, torch_first = torchrl_step(config, b, t)
+            rounds = ratio_rounds(xla_step, torch_step, args.rounds, args.iters, args.warmup)
+            rows["xla (hand-written backward)"].update(
+                _rate(rows["xla (hand-written backward)"], rounds["ours_ms"], b * t))
+            rows["TorchRL DreamerV3"] = {"compile_s": torch_first, "peak_rss_mb": peak_rss_mb(),
+                                         **_rate({}, rounds["torchrl_ms"], b * t)}
         except ImportError as error:
             print(f"TorchRL row skipped: {error}")
     image_config = None
@@ -190,9 +230,9 @@ def main() -> int:
         image_config = RssmConfig(obs_dim=0, action_dim=args.action_dim,
                                   image_shape=(args.image, args.image, 3))
         rows[f"image {args.image}x{args.image}x3, xla"] = ours(
-            image_config, b, t, "xla", args.iters, args.warmup)
+            image_config, b, t, "xla", args.iters, args.warmup)[0]
         rows[f"image {args.image}x{args.image}x3, tf.function"] = ours(
-            image_config, b, t, "function", args.iters, args.warmup)
+            image_config, b, t, "function", args.iters, args.warmup)[0]
     imagine = imagine_row(config, 1024, 15, args.iters, args.warmup)
     peak32 = matmul_peak("float32")
     peak16 = matmul_peak("bfloat16")
@@ -219,9 +259,12 @@ def main() -> int:
               "imagine_1024x15": imagine, "matmul_gflops": {"float32": peak32,
                                                             "bfloat16": peak16},
               "fraction_of_fp32_peak": best["gflops_per_s"] / peak32}
-    if torchrl is not None:
-        report["torchrl_ms_over_ours"] = torchrl["ms"] / best["ms"]
-        print(f"TorchRL ms / ours (float32, XLA): {report['torchrl_ms_over_ours']:.2f}")
+    if rounds is not None:
+        report["torchrl_ms_over_ours"] = rounds["ratio"]
+        report["torchrl_rounds"] = rounds["rounds"]
+        per_round = ", ".join(f"{r['ratio']:.2f}" for r in rounds["rounds"])
+        print(f"TorchRL ms / ours (float32, XLA): {rounds['ratio']:.2f} (median of "
+              f"{len(rounds['rounds'])} alternating rounds: {per_round})")
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")
     return 0
