@@ -35,13 +35,19 @@ def uniform_noise(shape: tf.Tensor | list[int], seed: tf.Tensor) -> tf.Tensor:
     in eager mode, in a ``tf.function`` and under XLA (TensorFlow's stateless ops do
     not: XLA's Philox lays out its counters differently for larger tensors).
     """
+    count = tf.reduce_prod(tf.cast(shape, tf.int64))
+    return tf.reshape(uniform_at(tf.range(count, dtype=tf.int64), seed), shape)
+
+
+def uniform_at(index: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """The elements of a :func:`uniform_noise` draw at flat positions ``index`` (int64,
+    any shape; the result has its shape): a slice or transposed view of a draw
+    computed directly, without drawing the rest."""
     seed = tf.cast(seed, tf.int64)
     key = _hash32(_hash32(seed[0] + 0x9E3779B9) + seed[1])
-    count = tf.reduce_prod(tf.cast(shape, tf.int64))
-    bits = _hash32(_hash32(tf.range(count, dtype=tf.int64) + key) + key)
+    bits = _hash32(_hash32(tf.cast(index, tf.int64) + key) + key)
     # 24 random bits -> centre of one of 2**24 equal cells: strictly inside (0, 1)
-    u = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (1.0 / 2 ** 24)
-    return tf.reshape(u, shape)
+    return (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (1.0 / 2 ** 24)
 
 
 def mix_logits(logits: tf.Tensor, unimix: float) -> tf.Tensor:

@@ -35,7 +35,12 @@ def matmul(site: str, x: tf.Tensor, kernel: tf.Variable | tf.Tensor,
             y = y + tf.reshape(tf.cast(bias, x.dtype),
                                [w.shape[0]] + [1] * (x.shape.rank - 2) + [w.shape[2]])
         return y
-    y = tf.matmul(x, w)
+    if x.shape.rank > 2:  # one 2-D matmul: a broadcast one's kernel gradient is a
+        # batched matmul per leading index plus a sum (a [T, in, out] temporary)
+        y = tf.reshape(tf.matmul(tf.reshape(x, [-1, w.shape[0]]), w),
+                       tf.concat([tf.shape(x)[:-1], [w.shape[1]]], 0))
+    else:
+        y = tf.matmul(x, w)
     return y if bias is None else y + tf.cast(bias, x.dtype)
 
 

@@ -47,6 +47,11 @@ class RssmState(NamedTuple):
         return tf.concat([self.h, self.z], -1)
 
 
+def swap_bt(x: tf.Tensor) -> tf.Tensor:
+    """Swap the first two axes: [B, T, ...] <-> [T, B, ...]."""
+    return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
+
+
 @keras.saving.register_keras_serializable(package="rssm_tf")
 class Rssm(keras.layers.Layer):
     """DreamerV3's RSSM as a Keras layer: encoder, recurrent core, prior and posterior,
@@ -354,21 +359,26 @@ class Rssm(keras.layers.Layer):
             state = self._check_state(state)
         shape = tf.concat([tf.shape(actions)[:2], [c.n_categories, c.n_classes]], 0)
         noise = self._noise(shape, ["B", "T"], sample, noise)
+        # The loop runs time-major: swap the (small) inputs, not the activations.
+        states, post, prior = self.observe_time_major(
+            {k: swap_bt(v) for k, v in obs.items()}, swap_bt(actions), swap_bt(is_first),
+            state, None if noise is None else swap_bt(noise))
+        return (RssmState(swap_bt(states.h), swap_bt(states.z)), swap_bt(post),
+                swap_bt(prior))
 
+    def observe_time_major(self, obs: dict[str, tf.Tensor], actions: tf.Tensor,
+                           is_first: tf.Tensor, state: RssmState,
+                           noise: tf.Tensor | None) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
+        """:meth:`observe` on checked, time-major inputs ([T, B, ...] each; ``noise``
+        uniform [T, B, S, K] or None for the mode) -> time-major results. The world
+        model trains through this form: its losses do not care about the layout, so
+        nothing of size [B, T, ...] is ever transposed."""
         first = is_first[..., None]
         a_proj = self._action_proj(actions * (1.0 - first))
         e_proj = self._embed_proj(obs)
-        time_major = [tf.transpose(first, [1, 0, 2]),
-                      tf.transpose(a_proj, [1, 0, 2]), tf.transpose(e_proj, [1, 0, 2])]
-        if noise is not None:  # the Gumbel transform for all steps at once
-            time_major.append(tf.transpose(gumbel(noise), [1, 0, 2, 3]))
-
+        gumbel_noise = None if noise is None else gumbel(noise)  # all steps at once
         loop = partial(observe_scan, self) if self.manual_gradient else self._observe_loop
-        hs, zs, posts = loop(state.h, state.z, *time_major[:3],
-                             time_major[3] if noise is not None else None)
-        hs = tf.transpose(hs, [1, 0, 2])
-        zs = tf.transpose(zs, [1, 0, 2])
-        posts = tf.transpose(posts, [1, 0, 2, 3])
+        hs, zs, posts = loop(state.h, state.z, first, a_proj, e_proj, gumbel_noise)
         return RssmState(hs, zs), posts, self.prior_logits(hs)
 
     def imagine(self, state: RssmState,

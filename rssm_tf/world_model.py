@@ -27,10 +27,10 @@ import tensorflow as tf
 from rssm_tf.config import KlBalanceConfig, RssmConfig
 from rssm_tf.data import STEP_KEYS
 from rssm_tf.heads import ObsDecoder, image_to_float
-from rssm_tf.latents import uniform_noise
+from rssm_tf.latents import uniform_at
 from rssm_tf.losses import TwohotEncoder, categorical_entropy, kl_balanced_loss
 from rssm_tf.math import symexp, symlog
-from rssm_tf.rssm import Rssm
+from rssm_tf.rssm import Rssm, swap_bt
 from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
 
 METRIC_NAMES = ("loss", "rec", "rew", "con", "dyn", "rep", "kl", "prior_ent",
@@ -211,9 +211,17 @@ class WorldModel(keras.Model):
 
         ``noise`` [B, T, S, K] uniform samples the posterior; ``None`` uses the mode.
         """
-        states, post, prior = self.rssm.observe(self._obs(batch), batch["action"],
-                                                batch["is_first"], sample=False,
-                                                noise=noise)
+        return self._time_major_losses({k: swap_bt(v) for k, v in batch.items()},
+                            None if noise is None else swap_bt(noise))
+
+    def _time_major_losses(self, batch: dict[str, tf.Tensor], noise: tf.Tensor | None
+                ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """:meth:`compute_losses` on a time-major batch ([T, B, ...] each, ``noise``
+        [T, B, S, K]): the RSSM's loop runs time-major and every loss term is a mean,
+        so no activation is transposed."""
+        state = self.rssm.initial_state(tf.shape(batch["action"])[1])
+        states, post, prior = self.rssm.observe_time_major(
+            self._obs(batch), batch["action"], batch["is_first"], state, noise)
         out = self._heads(states)
         recon = out["recon"]
         rec = 0.0
@@ -236,24 +244,28 @@ class WorldModel(keras.Model):
         return loss, logs
 
     def _training_noise(self, batch: dict[str, tf.Tensor]) -> tf.Tensor:
-        """Uniform noise for the posterior samples of this step.
+        """Uniform noise for the posterior samples of this step, time-major
+        [T, B, S, K] for a time-major ``batch``.
 
         A stateless function of (seed, optimiser step): runs and resumed runs repeat
-        exactly. Each replica takes its rows of the global batch's noise, so a
-        distributed step samples what one device would for the same global batch.
+        exactly. Element (t, b) is element (b, t) of ``uniform_noise([B, T, S, K],
+        seed)`` for the global batch, computed in place; each replica computes its own
+        rows of it, so a distributed step samples what one device would for the same
+        global batch.
         """
         c = self.config
-        local = tf.shape(batch["action"])[0]
+        steps, local = tf.shape(batch["action"])[0], tf.shape(batch["action"])[1]
         replica = tf.distribute.get_replica_context()
-        index, replicas = 0, 1
-        if replica is not None:
-            index, replicas = replica.replica_id_in_sync_group, replica.num_replicas_in_sync
-        shape = tf.stack([local * replicas, tf.shape(batch["action"])[1], c.n_categories,
-                          c.n_classes])
+        index = 0 if replica is None else replica.replica_id_in_sync_group
         seed = tf.stack([tf.constant(self.seed, tf.int32),
                          tf.cast(self.optimizer.iterations, tf.int32)])
-        noise = uniform_noise(shape, seed)
-        return noise[local * index:local * (index + 1)]
+        rows = tf.range(local, dtype=tf.int64) + tf.cast(local * index, tf.int64)
+        size = c.n_categories * c.n_classes
+        flat = ((rows[None, :, None] * tf.cast(steps, tf.int64)
+                 + tf.range(steps, dtype=tf.int64)[:, None, None]) * size
+                + tf.range(size, dtype=tf.int64))
+        return tf.reshape(uniform_at(flat, seed),
+                          [steps, local, c.n_categories, c.n_classes])
 
     def _update_trackers(self, logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, value in logs.items():
@@ -275,10 +287,11 @@ class WorldModel(keras.Model):
 
     def _update(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Loss, gradients, optimiser step and metrics for a checked batch."""
+        batch = {k: swap_bt(v) for k, v in batch.items()}  # time-major from here on
         noise = self._training_noise(batch)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss, logs = self.compute_losses(batch, noise)
+            loss, logs = self._time_major_losses(batch, noise)
             # Gradients are summed over replicas: scale as Keras' own losses do.
             scaled = self.optimizer.scale_loss(loss / replicas)
         variables = self.trainable_variables

@@ -40,6 +40,21 @@ def as_dataset(batches):
         {k: np.stack([b[k] for b in batches]) for k in batches[0]})
 
 
+def test_training_noise_is_the_transposed_draw():
+    # the update draws its noise time-major in place: element (t, b) must be element
+    # (b, t) of the [B, T, S, K] draw for (seed, optimiser step)
+    from rssm_tf.latents import uniform_noise
+
+    model = WorldModel(CONFIG, seed=7)
+    model.compile()
+    model.optimizer.build(model.trainable_variables)
+    batch = model.validate_batch(sine_batches(1, b=3, t=5)[0])
+    noise = model._training_noise({k: tf.transpose(v, [1, 0] + list(range(2, v.shape.rank)))
+                                   for k, v in batch.items()})
+    expected = uniform_noise([3, 5, 4, 4], tf.constant([7, 0]))
+    np.testing.assert_array_equal(noise.numpy(), np.transpose(expected.numpy(), [1, 0, 2, 3]))
+
+
 def test_initial_reward_loss_is_log_bins():
     model = WorldModel(CONFIG)
     batch = model.validate_batch(sine_batches(1)[0])
