@@ -104,7 +104,7 @@ class WorldModel(keras.Model):
         checks the batch, so NaN/Inf inputs are named even though XLA drops
         ``tf.debugging`` checks (with several replicas Keras compiles the whole step).
         ``jit_compile=None`` means XLA, except on CPU devices for an image model
-        (XLA's CPU convolutions ran 1.5-1.8x slower than TensorFlow's oneDNN kernels in
+        (XLA's CPU convolutions ran 1.5-1.85x slower than TensorFlow's oneDNN kernels in
         ``benchmarks/train_speed.py``; on GPUs XLA stays on), under a strategy with
         several replicas on CPU devices (XLA cannot reach one logical CPU's variables
         from another) and while TF op determinism is on (as Keras does). The loss is
