@@ -105,10 +105,7 @@ def sample_latent(logits: tf.Tensor, noise: tf.Tensor | None = None,
     logits = tf.cast(logits, "float32")
     if gumbel_noise is None and noise is not None:
         gumbel_noise = gumbel(noise)
-    onehot = mode_onehot(logits if gumbel_noise is None else logits + gumbel_noise)
-    z = straight_through(onehot, logits)
-    shape = tf.concat([tf.shape(z)[:-2], [logits.shape[-2] * logits.shape[-1]]], 0)
-    return tf.reshape(z, shape)
+    return _flatten(straight_through(_pick(logits, gumbel_noise), logits))
 
 
 def sample_log_probs(log_probs: tf.Tensor, gumbel_noise: tf.Tensor | None) -> tf.Tensor:
@@ -119,11 +116,18 @@ def sample_log_probs(log_probs: tf.Tensor, gumbel_noise: tf.Tensor | None) -> tf
     through the softmax (the two differ by a multiple of the probabilities, which
     the softmax's Jacobian maps to zero)."""
     log_probs = tf.cast(log_probs, "float32")
-    onehot = mode_onehot(log_probs if gumbel_noise is None else log_probs + gumbel_noise)
     probs = tf.exp(log_probs)
-    z = onehot + (probs - tf.stop_gradient(probs))
-    shape = tf.concat([tf.shape(z)[:-2], [log_probs.shape[-2] * log_probs.shape[-1]]], 0)
-    return tf.reshape(z, shape)
+    return _flatten(_pick(log_probs, gumbel_noise) + (probs - tf.stop_gradient(probs)))
+
+
+def _pick(logits: tf.Tensor, gumbel_noise: tf.Tensor | None) -> tf.Tensor:
+    """One-hot of the Gumbel-max sample, or of the mode without noise."""
+    return mode_onehot(logits if gumbel_noise is None else logits + gumbel_noise)
+
+
+def _flatten(z: tf.Tensor) -> tf.Tensor:
+    """[..., S, K] -> [..., S*K]."""
+    return tf.reshape(z, tf.concat([tf.shape(z)[:-2], [z.shape[-2] * z.shape[-1]]], 0))
 
 
 def latent_distribution(logits: tf.Tensor):
