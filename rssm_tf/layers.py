@@ -279,22 +279,19 @@ class BlockGRU(keras.layers.Layer):
             def blocks(t):
                 return tf.transpose(tf.reshape(t, [-1, g, d // g]), [1, 0, 2])
 
-            pre = self.hidden.block_major(blocks(h), mm=mm) + blocks(x_proj)
+            h = blocks(h)
+            pre = self.hidden.block_major(h, mm=mm) + blocks(x_proj)
             y = tf.nn.silu(self.norm(tf.cast(pre, "float32")))  # per block
             gates = self.gates.block_major(tf.cast(y, dtype), mm=mm)
             r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [G, B, d/G]
-            r = tf.sigmoid(r)
-            c = tf.tanh(r * c)
-            u = tf.sigmoid(u + self.update_bias)
-            h_new = u * c + (1.0 - u) * tf.cast(blocks(h), "float32")
-            return tf.reshape(tf.transpose(h_new, [1, 0, 2]), [-1, d])
         else:
             pre = mm("gru/hidden", h, self.hidden.kernel, None, self.hidden.bias) + x_proj
             r, c, u = tf.split(self.norm(tf.cast(pre, "float32")), 3, axis=-1)
         r = tf.sigmoid(r)
         c = tf.tanh(r * c)
         u = tf.sigmoid(u + self.update_bias)
-        return u * c + (1.0 - u) * tf.cast(h, "float32")  # the memory stays float32
+        h = u * c + (1.0 - u) * tf.cast(h, "float32")  # the memory stays float32
+        return tf.reshape(tf.transpose(h, [1, 0, 2]), [-1, d]) if g else h
 
     def call(self, x: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
         return self.step(h, self.project_input(tf.cast(x, self.compute_dtype)))

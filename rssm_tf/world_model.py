@@ -212,10 +212,10 @@ class WorldModel(keras.Model):
         ``noise`` [B, T, S, K] uniform samples the posterior; ``None`` uses the mode.
         """
         return self._time_major_losses({k: swap_bt(v) for k, v in batch.items()},
-                            None if noise is None else swap_bt(noise))
+                                       None if noise is None else swap_bt(noise))
 
     def _time_major_losses(self, batch: dict[str, tf.Tensor], noise: tf.Tensor | None
-                ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+                           ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """:meth:`compute_losses` on a time-major batch ([T, B, ...] each, ``noise``
         [T, B, S, K]): the RSSM's loop runs time-major and every loss term is a mean,
         so no activation is transposed."""
