@@ -1,8 +1,8 @@
 """Serving latency per backend: p50/p99 of ``observe`` at batch 1 and 64 and of
 ``imagine`` over 15 steps, through ``WorldModelClient``.
 
-Backends: ONNX Runtime, the SavedModel in-process, and TF Serving's REST and gRPC
-protocols against the stand-in server (``serving/standin.py``; point ``--rest-url`` /
+Backends: ONNX Runtime, LiteRT, the SavedModel in-process, and TF Serving's REST and
+gRPC protocols against the stand-in server (``serving/standin.py``; point ``--rest-url`` /
 ``--grpc-target`` at a real ``tensorflow_model_server`` to measure that instead).
 
     python benchmarks/serving_latency.py [--export DIR] [--iters 200] [--json out.json]
@@ -36,7 +36,7 @@ def export_seed_model(out: Path) -> Path:
     model = WorldModel(RssmConfig(obs_dim=64, action_dim=11))
     model.compile()
     path = save_world_model(model, out / "seed.keras")
-    export_model(path, out / "export", name="rssm", parity=False, verbose=True)
+    export_model(path, out / "export", name="rssm", parity=False, verbose=True, litert=True)
     return out / "export"
 
 
@@ -97,6 +97,7 @@ def main() -> int:
     rest_url = args.rest_url or server.rest_url
     grpc_target = args.grpc_target or server.grpc_target
     clients = {"onnx": WorldModelClient.from_export(export_dir, "onnx"),
+               "litert": WorldModelClient.from_export(export_dir, "litert"),
                "savedmodel": WorldModelClient.from_export(export_dir, "savedmodel"),
                "rest": WorldModelClient.from_export(export_dir, "rest", url=rest_url),
                "grpc": WorldModelClient.from_export(export_dir, "grpc", target=grpc_target)}

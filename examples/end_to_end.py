@@ -12,7 +12,9 @@ CartPole: CartPole-v1 from 64x64 RGB frames rendered offline, no state vector):
 3. evaluate open-loop prediction on the held-out episodes against a mean predictor
    (per dimension, or the per-pixel mean frame) (``OUT/<run>/open_loop.json``);
 4. export the models: ``OUT/export/saved_model/<name>/<version>/``; for the last run
-   (pixel CartPole) also ``OUT/export/onnx/`` and the parity report.
+   (pixel CartPole) also ``OUT/export/onnx/``, ``OUT/export/litert/`` and the parity
+   report (Keras eager against tf.function, XLA, the SavedModel loaded by
+   ``tf.saved_model.load`` and by TF Serving's session loader, ONNX Runtime, LiteRT).
 
 It verifies at the end: the open-loop observation (or frame) error at horizons 1 and
 15 must be below the mean predictor's, and the export parity must hold; otherwise it
@@ -131,11 +133,11 @@ def main() -> int:
             name = run.replace("-v1", "").replace("-", "_").lower()
             last = i == len(args.runs) - 1
             manifest = export_model(out / run / "model.keras", out / "export", name=name,
-                                    onnx=last, parity=last)
+                                    onnx=last, parity=last, litert=last)
             if last:
                 ok = ok and manifest["parity"]["passed"]
         print(f"exported to {out / 'export'}: saved_model/<name>/<version>/, onnx/, "
-              "manifest.json, parity.json")
+              "litert/, manifest.json, parity.json")
 
     summary = {run: {f"{k}_h{h}": r[k][h - 1] for k in (f"{r['key']}_mse",
                                                        f"mean_{r['key']}_mse")

@@ -2,6 +2,7 @@
 SavedModel tree, ONNX files, a manifest and a parity report.
 
     python -m export --model run/model.keras --out exported [--name rssm] [--version N]
+        [--litert]
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "existing version is never overwritten)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX files")
     parser.add_argument("--no-parity", action="store_true", help="skip the parity report")
+    parser.add_argument("--litert", action="store_true",
+                        help="also write OUT/litert/<signature>.tflite for the LiteRT "
+                             "interpreter (pip install ai-edge-litert)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
@@ -34,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         manifest = export_model(args.model, args.out, args.name, args.version,
-                                onnx=not args.no_onnx, parity=not args.no_parity)
+                                onnx=not args.no_onnx, parity=not args.no_parity,
+                                litert=args.litert)
     except (ExportError, ModelFileError) as error:
         print(f"rssm-tf-export: error: {error}", file=sys.stderr)
         return 2

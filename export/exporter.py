@@ -2,6 +2,7 @@
 
     OUT/saved_model/NAME/VERSION/   SavedModel (tensorflow_model_server's layout)
     OUT/onnx/<signature>.onnx       one ONNX file per signature but initial_state
+    OUT/litert/<signature>.tflite   with ``litert``: the step signatures for LiteRT
     OUT/manifest.json               config, signatures, versions, file hashes
     OUT/parity.json                 the parity report (see export.parity)
 
@@ -31,9 +32,15 @@ from export.module import SIGNATURES, InferenceModule
 from export.parity import format_table, parity_report
 from rssm_tf.atomic import atomic_path, write_atomic
 from rssm_tf.saving import load_world_model
+from rssm_tf.world_model import WorldModel
 
 OPSET = 17
 ONNX_SIGNATURES = tuple(s for s in SIGNATURES if s != "initial_state")
+# LiteRT: the reproducible step signatures and the heads. The sampled twins need a
+# random op and imagine a scan over a dynamic batch, which LiteRT's converter cannot
+# lower to builtin ops; the LiteRT backend composes them from these files.
+LITERT_SIGNATURES = ("obs_step_noise", "obs_step_mode", "imagine_step_noise",
+                     "imagine_step_mode", "predict")
 
 
 class ExportError(RuntimeError):
@@ -101,6 +108,28 @@ def convert_onnx(saved_model: Path, onnx_dir: Path, signatures: tuple[str, ...] 
         return list(pool.map(one, signatures))
 
 
+def convert_litert(saved_model: Path, litert_dir: Path,
+                   signatures: tuple[str, ...] = LITERT_SIGNATURES) -> list[Path]:
+    """Converts each signature with ``tf.lite.TFLiteConverter.from_saved_model`` (builtin
+    ops only, float32, no quantisation) into ``litert_dir/NAME.tflite`` (atomically).
+    The converter restores the variables the way TF Serving does, so an export whose
+    weights are not tracked would give a weightless model here."""
+    litert_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in signatures:
+        try:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
+                                                                 signature_keys=[name])
+            data = converter.convert()
+        except Exception as error:  # the converter raises ConverterError and others
+            raise ExportError(f"LiteRT conversion failed on signature {name}: "
+                              f"{str(error)[-3000:]}") from None
+        target = litert_dir / f"{name}.tflite"
+        write_atomic(target, data)
+        written.append(target)
+    return written
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -131,18 +160,35 @@ def describe_signatures(saved_model: Path) -> dict[str, Any]:
     return out
 
 
+def float32_copy(model: WorldModel) -> WorldModel:
+    """``model`` itself when it computes in float32, else a float32 twin with the same
+    weights. The serving contract is float32 (SPEC section 6), a mixed-precision
+    model's variables are float32 already, and tf2onnx cannot convert bfloat16
+    arithmetic; so a model trained under ``mixed_bfloat16``/``mixed_float16`` is served
+    at full precision (``manifest.json`` records the training policy)."""
+    if model.dtype_policy.name == "float32":
+        return model
+    twin = WorldModel.from_config({**model.get_config(), "dtype": "float32"})
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: str = "rssm",
                  version: int | None = None, onnx: bool = True, parity: bool = True,
-                 verbose: bool = True) -> dict[str, Any]:
+                 verbose: bool = True, litert: bool = False) -> dict[str, Any]:
     """Exports ``model_path`` into ``out``; returns the manifest (with the parity
-    result under ``parity`` when computed). Raises :class:`ExportError` or
-    ``rssm_tf.saving.ModelFileError`` with a message naming the problem."""
+    result under ``parity`` when computed). ``litert`` also writes
+    ``OUT/litert/<signature>.tflite`` (:data:`LITERT_SIGNATURES`). Raises
+    :class:`ExportError` or ``rssm_tf.saving.ModelFileError`` with a message naming
+    the problem."""
     out = Path(out)
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ExportError(f"--name must be letters, digits, '-' or '_', got {name!r}")
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"--version must be a positive integer, got {version!r}")
     model = load_world_model(model_path, compile=False)
+    trained_policy = model.dtype_policy.name
+    model = float32_copy(model)
     _check_writable(out)
     module = InferenceModule(model)
     model_dir = out / "saved_model" / name
@@ -157,20 +203,31 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         onnx_dir = out / "onnx"
         for path in convert_onnx(saved, onnx_dir):
             files[str(path.relative_to(out))] = _sha256(path)
+    litert_dir = None
+    if litert:
+        log(f"export: converting {len(LITERT_SIGNATURES)} signatures to LiteRT")
+        litert_dir = out / "litert"
+        for path in convert_litert(saved, litert_dir):
+            files[str(path.relative_to(out))] = _sha256(path)
     manifest = {
         "name": name, "version": version, "saved_model": str(saved.relative_to(out)),
         "config": model.config.to_dict(), "twohot": model.twohot.get_config(),
+        "trained_dtype_policy": trained_policy,
         "signatures": describe_signatures(saved),
         "onnx": {"opset": OPSET, "files": [f"onnx/{s}.onnx" for s in ONNX_SIGNATURES]}
         if onnx else None,
+        "litert": {"files": [f"litert/{s}.tflite" for s in LITERT_SIGNATURES]}
+        if litert else None,
         "versions": {p: _version_of(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx",
-                                                 "onnxruntime", "rssm-tf")},
+                                                 "onnxruntime", "ai-edge-litert",
+                                                 "rssm-tf")},
         "files": files,
     }
     if parity:
-        log("export: checking parity (eager, tf.function, XLA, SavedModel in a fresh "
-            "process" + (", ONNX Runtime)" if onnx else ")"))
-        report = parity_report(module, saved, onnx_dir)
+        log("export: checking parity (eager, tf.function, XLA, SavedModel in fresh "
+            "processes by tf.saved_model.load and by TF Serving's session loader"
+            + (", ONNX Runtime" if onnx else "") + (", LiteRT" if litert else "") + ")")
+        report = parity_report(module, saved, onnx_dir, litert_dir=litert_dir)
         write_json(out / "parity.json", report)
         log(format_table(report))
         manifest["parity"] = {"passed": report["passed"], "tolerance": report["tolerance"],
@@ -179,5 +236,6 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
                               "max_scaled_diff": {k: v["max_scaled_diff"]
                                                   for k, v in report["backends"].items()}}
     write_json(out / "manifest.json", manifest)
-    log(f"export: done: {saved}" + (f" and {onnx_dir}" if onnx_dir else ""))
+    log(f"export: done: {saved}" + (f", {onnx_dir}" if onnx_dir else "")
+        + (f", {litert_dir}" if litert_dir else ""))
     return manifest

@@ -46,6 +46,12 @@ class InferenceModule(tf.Module):
         super().__init__(name="rssm_world_model")
         self.model = model
         self.rssm = model.rssm
+        # TF Serving (and saved_model_cli, TFLiteConverter) restore variables through
+        # the MetaGraph's restore op, from the checkpoint of the objects the module
+        # tracks. A tf.Module does not see the tf.Variables inside Keras 3 layers, so
+        # they are listed here, as keras.export.ExportArchive.track does; without this
+        # only tf.saved_model.load (which follows the functions' captures) works.
+        self.tracked_variables = [v.value for v in model.rssm.variables]
         c = model.config
         self.config = c
         f32 = tf.float32

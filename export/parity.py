@@ -2,11 +2,13 @@
 
 Backends: ``eager`` (the Keras model's own code, op by op; the reference),
 ``function`` (``tf.function``), ``xla`` (``jit_compile=True``), ``savedmodel`` (the
-exported SavedModel reloaded in a fresh process that does not import ``rssm_tf``) and
-``onnx`` (ONNX Runtime on the exported files). For each backend and case it records
-the largest absolute difference of every continuous output from the reference and
-whether every ``z`` is identical; the report passes when all ``z`` match and every
-difference is within the tolerance: ``|diff| <= 1e-5 * max(1, |reference|)``.
+exported SavedModel reloaded by ``tf.saved_model.load`` in a fresh process that does
+not import ``rssm_tf``), ``savedmodel_session`` (the same, loaded as TF Serving loads
+it: a TF1 session restoring the variables, tensors by SignatureDef names), ``onnx``
+(ONNX Runtime on the exported files) and ``litert`` (the LiteRT interpreter). For each
+backend and case it records the largest absolute difference of every continuous output
+from the reference and whether every ``z`` is identical; the report passes when all
+``z`` match and every difference is within the tolerance: ``|diff| <= 1e-5 * max(1, |reference|)``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import tensorflow as tf
 
 from export.module import InferenceModule
 from export.runner import Call, load_arrays, make_cases, run_all, save_cases
+from serving.backends import LiteRtBackend, OnnxBackend
 
 TOLERANCE = 1e-5
 Z_KEYS = ("z_next", "z_seq")
@@ -44,25 +47,19 @@ def _tf_call(module: InferenceModule, mode: str) -> Call:
 
 def onnx_call(onnx_dir: str | os.PathLike) -> Call:
     """Runs signature ``name`` from ``onnx_dir/name.onnx`` with ONNX Runtime."""
-    import onnxruntime as ort
+    return OnnxBackend(onnx_dir).call
 
-    sessions: dict[str, Any] = {}
 
-    def call(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if name not in sessions:
-            sessions[name] = ort.InferenceSession(str(Path(onnx_dir) / f"{name}.onnx"),
-                                                  providers=["CPUExecutionProvider"])
-        session = sessions[name]
-        names = [o.name for o in session.get_outputs()]
-        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-        return dict(zip(names, session.run(None, feed)))
-
-    return call
+def litert_call(litert_dir: str | os.PathLike) -> Call:
+    """Runs signature ``name`` with the LiteRT interpreter (see ``LiteRtBackend``)."""
+    return LiteRtBackend(litert_dir).call
 
 
 def savedmodel_in_fresh_process(saved_model_dir: str | os.PathLike,
-                                cases: dict[str, dict]) -> tuple[dict, dict]:
-    """Runs ``cases`` through ``python -m export.savedmodel_check``; returns the
+                                cases: dict[str, dict], loader: str = "session"
+                                ) -> tuple[dict, dict]:
+    """Runs ``cases`` through ``python -m export.savedmodel_check --loader LOADER``
+    (``session``: TF Serving's way; ``tf2``: ``tf.saved_model.load``); returns the
     outputs and the process facts (signatures seen, whether rssm_tf was imported)."""
     with tempfile.TemporaryDirectory() as tmp:
         cases_path, out_path = Path(tmp) / "cases.npz", Path(tmp) / "out.npz"
@@ -71,11 +68,12 @@ def savedmodel_in_fresh_process(saved_model_dir: str | os.PathLike,
         env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}"
                f"{os.environ.get('PYTHONPATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2"}
         proc = subprocess.run([sys.executable, "-m", "export.savedmodel_check",
-                               str(saved_model_dir), str(cases_path), str(out_path)],
+                               "--loader", loader, str(saved_model_dir), str(cases_path),
+                               str(out_path)],
                               capture_output=True, text=True, env=env, timeout=900)
         if proc.returncode != 0:
             raise RuntimeError(f"the SavedModel at {saved_model_dir} failed to run in a "
-                               f"fresh process:\n{proc.stderr[-4000:]}")
+                               f"fresh process ({loader} loader):\n{proc.stderr[-4000:]}")
         outputs = load_arrays(out_path)
     facts = outputs.pop("__process__")
     return outputs, {"imported_rssm_tf": bool(facts["imported_rssm_tf"]),
@@ -113,7 +111,8 @@ def compare(reference: dict[str, dict], other: dict[str, dict]) -> dict[str, Any
 
 def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | None,
                   onnx_dir: str | os.PathLike | None, batch: int = 4, rollout: int = 8,
-                  horizon: int = 15, seed: int = 0) -> dict[str, Any]:
+                  horizon: int = 15, seed: int = 0,
+                  litert_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Runs the cases through every available backend and compares with eager."""
     c = module.config
     dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
@@ -127,13 +126,17 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
     for mode in ("function", "xla"):
         report["backends"][mode] = compare(reference, run_all(_tf_call(module, mode), cases))
     if saved_model_dir is not None:
-        outputs, facts = savedmodel_in_fresh_process(saved_model_dir, cases)
-        result = compare(reference, outputs)
-        result.update(facts)
-        result["passed"] = result["passed"] and not facts["imported_rssm_tf"]
-        report["backends"]["savedmodel"] = result
+        for row, loader in (("savedmodel", "tf2"), ("savedmodel_session", "session")):
+            outputs, facts = savedmodel_in_fresh_process(saved_model_dir, cases, loader)
+            result = compare(reference, outputs)
+            result.update(facts)
+            result["passed"] = result["passed"] and not facts["imported_rssm_tf"]
+            report["backends"][row] = result
     if onnx_dir is not None:
         report["backends"]["onnx"] = compare(reference, run_all(onnx_call(onnx_dir), cases))
+    if litert_dir is not None:
+        report["backends"]["litert"] = compare(reference,
+                                               run_all(litert_call(litert_dir), cases))
     report["passed"] = all(b["passed"] for b in report["backends"].values())
     return report
 
@@ -144,10 +147,10 @@ def format_table(report: dict[str, Any]) -> str:
              "max(1, |value|), "
              f"batch {report['batch']}, rollout {report['rollout_steps']} steps, "
              f"imagine {report['horizon']} steps",
-             f"{'backend':<11} {'max |diff|':>11} {'scaled':>9} {'z identical':>12} "
+             f"{'backend':<18} {'max |diff|':>11} {'scaled':>9} {'z identical':>12} "
              f"{'result':>7}"]
     for name, result in report["backends"].items():
-        lines.append(f"{name:<11} {result['max_abs_diff']:>11.3g} "
+        lines.append(f"{name:<18} {result['max_abs_diff']:>11.3g} "
                      f"{result['max_scaled_diff']:>9.3g} "
                      f"{str(result['z_identical']):>12} "
                      f"{'ok' if result['passed'] else 'FAIL':>7}")

@@ -1,14 +1,18 @@
 """Runs the parity cases through an exported SavedModel, the way a server loads it.
 
-    python -m export.savedmodel_check SAVED_MODEL_DIR CASES.npz OUTPUTS.npz
+    python -m export.savedmodel_check [--loader session|tf2] SAVED_MODEL_DIR CASES.npz OUT.npz
 
-Imports TensorFlow and numpy only (never ``rssm_tf``): it calls the signatures of
-``tf.saved_model.load`` and nothing else. The output file records whether ``rssm_tf``
-was imported (it must not be).
+``--loader session`` (the default) is TF Serving's path: the MetaGraph in a TF1
+session, variables restored by the restore op, tensors fed and fetched by the names in
+each SignatureDef (:class:`serving.backends.SessionBackend`). ``--loader tf2`` calls
+the signatures of ``tf.saved_model.load``. Imports TensorFlow, numpy and
+``serving.backends`` only (never ``rssm_tf``); the output file records whether
+``rssm_tf`` was imported (it must not be).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -16,25 +20,24 @@ import numpy as np
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="python -m export.savedmodel_check",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--loader", choices=["session", "tf2"], default="session")
+    parser.add_argument("saved_model")
+    parser.add_argument("cases")
+    parser.add_argument("out")
+    args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
 
     from export.runner import load_cases, run_all, save_arrays
+    from serving.backends import SavedModelBackend, SessionBackend
 
-    loaded = tf.saved_model.load(argv[0])
-    signatures = loaded.signatures
-
-    def call(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
-        return {k: v.numpy() for k, v in out.items()}
-
-    results = run_all(call, load_cases(argv[1]))
-    results["__process__"] = {"imported_rssm_tf": np.array("rssm_tf" in sys.modules),
-                              "signatures": np.array(sorted(signatures))}
-    save_arrays(argv[2], results)
+    backend = (SessionBackend if args.loader == "session" else SavedModelBackend)(
+        args.saved_model)
+    results = run_all(backend.call, load_cases(args.cases))
+    results["__process__"] = {"imported_rssm_tf": np.array(sys.modules.get("rssm_tf") is not None),
+                              "signatures": np.array(sorted(backend.signatures))}
+    save_arrays(args.out, results)
     return 0
 
 

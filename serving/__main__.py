@@ -22,7 +22,7 @@ import numpy as np
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n")[0])
     parser.add_argument("--export", required=True, help="export directory (manifest.json)")
-    parser.add_argument("--backend", choices=["onnx", "savedmodel", "rest", "grpc"],
+    parser.add_argument("--backend", choices=["onnx", "litert", "savedmodel", "rest", "grpc"],
                         default="onnx", help="what runs the model (onnx)")
     parser.add_argument("--url", default="http://localhost:8501", help="REST base URL")
     parser.add_argument("--target", default="localhost:8500", help="gRPC host:port")

@@ -1,8 +1,11 @@
-"""The four ways to run an exported world model, behind one call:
+"""The ways to run an exported world model, behind one call:
 ``backend.call(signature, inputs) -> outputs`` (dicts of float32 numpy arrays).
 
 - :class:`OnnxBackend`: ONNX Runtime on ``EXPORT/onnx/<signature>.onnx``.
+- :class:`LiteRtBackend`: the LiteRT interpreter on ``EXPORT/litert/<signature>.tflite``.
 - :class:`SavedModelBackend`: ``tf.saved_model.load`` of a version directory.
+- :class:`SessionBackend`: the SavedModel loaded the way TF Serving's C++ loader does
+  (a TF1 session, variables restored by the restore op, tensors by SignatureDef names).
 - :class:`RestBackend`: TF Serving's REST ``:predict`` API with ``signature_name``.
 - :class:`GrpcBackend`: TF Serving's gRPC ``PredictionService`` (``tensorflow-serving-api``).
 
@@ -107,6 +110,149 @@ class SavedModelBackend:
         names = fn.structured_input_signature[1]
         out = fn(**{k: self._tf.constant(inputs[k]) for k in names})
         return {k: v.numpy() for k, v in out.items()}
+
+
+class SessionBackend:
+    """The SavedModel as ``tensorflow_model_server`` loads it.
+
+    TF Serving does not use ``tf.saved_model.load``: it imports the MetaGraph tagged
+    ``serve`` into a session, runs the saver's restore op on ``variables/`` and feeds
+    and fetches tensors by the names each SignatureDef lists. A SavedModel whose
+    variables are reachable only through Python object captures passes
+    :class:`SavedModelBackend` and fails here, so the export is checked this way and
+    the stand-in server serves this way.
+    """
+
+    name = "session"
+
+    def __init__(self, path: str | os.PathLike, tags: tuple[str, ...] = ("serve",)) -> None:
+        import tensorflow as tf
+
+        self.path = latest_version(Path(path))
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        try:
+            meta = tf.compat.v1.saved_model.loader.load(self.session, list(tags),
+                                                        str(self.path))
+        except Exception as error:  # TF raises several types for a bad directory
+            raise ServingError(f"{self.path}: TF Serving's loader (a TF1 session) cannot "
+                               f"load it: {error}") from None
+        self.graph.finalize()
+        self.signature_defs = {k: v for k, v in meta.signature_def.items()
+                               if not k.startswith("__")}
+        self.signatures = sorted(self.signature_defs)
+
+    def input_specs(self, signature: str) -> dict[str, tuple[np.dtype, list[int | None]]]:
+        """``{input name: (numpy dtype, shape with None for unknown sizes)}``."""
+        from tensorflow import dtypes
+
+        sig = self._signature(signature)
+        return {k: (np.dtype(dtypes.as_dtype(t.dtype).as_numpy_dtype),
+                    [d.size if d.size >= 0 else None for d in t.tensor_shape.dim])
+                for k, t in sig.inputs.items()}
+
+    def _signature(self, signature: str) -> Any:
+        if signature not in self.signature_defs:
+            raise ServingError(f"signature {signature!r} not found in {self.path}; it has "
+                               f"{self.signatures}")
+        return self.signature_defs[signature]
+
+    def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sig = self._signature(signature)
+        missing = sorted(set(sig.inputs) - set(inputs))
+        if missing:
+            raise ServingError(f"signature {signature!r} needs the input(s) {missing}")
+        feed = {t.name: inputs[k] for k, t in sig.inputs.items()}
+        fetch = {k: t.name for k, t in sig.outputs.items()}
+        return self.session.run(fetch, feed)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class LiteRtBackend:
+    """The LiteRT (TensorFlow Lite) interpreter of ``ai-edge-litert`` on
+    ``EXPORT/litert/<signature>.tflite``: ``obs_step_noise``, ``obs_step_mode``,
+    ``imagine_step_noise``, ``imagine_step_mode`` and ``predict``.
+
+    The other signatures are composed here from those files, so the client's calls
+    are the same as on every backend: ``X`` (sampled) draws its uniform noise on the
+    client (``seed``) and runs ``X_noise``; ``imagine*`` runs ``imagine_step*`` and
+    ``predict`` once per step (LiteRT cannot lower the scan's dynamic-size tensor
+    lists). The step-by-step imagination computes what the exported ``imagine`` does.
+    """
+
+    name = "litert"
+    FILES = ("obs_step_noise", "obs_step_mode", "imagine_step_noise", "imagine_step_mode",
+             "predict")
+
+    def __init__(self, litert_dir: str | os.PathLike, threads: int | None = None,
+                 seed: int | None = None) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise ServingError('the LiteRT backend needs ai-edge-litert: pip install '
+                               '"rssm-tf[litert]"') from None
+        self.litert_dir = Path(litert_dir)
+        if not self.litert_dir.is_dir():
+            raise ServingError(f"{self.litert_dir}: no LiteRT directory (export with "
+                               "--litert)")
+        self._interpreter, self.threads = Interpreter, threads
+        self.rng = np.random.default_rng(seed)
+        self.runners: dict[str, Any] = {}
+
+    def _runner(self, signature: str) -> Any:
+        if signature not in self.runners:
+            path = self.litert_dir / f"{signature}.tflite"
+            if not path.is_file():
+                raise ServingError(f"signature {signature!r} has no LiteRT file: {path}")
+            try:
+                interpreter = self._interpreter(model_path=str(path),
+                                                num_threads=self.threads)
+                self.runners[signature] = interpreter.get_signature_runner(signature)
+            except Exception as error:  # the interpreter raises ValueError/RuntimeError
+                raise ServingError(f"{path}: LiteRT cannot load it: {error}") from None
+        return self.runners[signature]
+
+    def _run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        runner = self._runner(signature)
+        names = runner.get_input_details()
+        return {k: np.array(v) for k, v in runner(**{k: inputs[k] for k in names}).items()}
+
+    def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        base = signature.removesuffix("_mode").removesuffix("_noise")
+        if base == signature and base in ("obs_step", "imagine_step", "imagine"):
+            shape = self._noise_shape(base, inputs)
+            inputs = {**inputs, "noise": self.rng.uniform(1e-6, 1 - 1e-6, shape)
+                      .astype(np.float32)}
+            signature = f"{base}_noise"
+        if base == "imagine":
+            return self._imagine(signature, inputs)
+        return self._run(signature, inputs)
+
+    def _noise_shape(self, base: str, inputs: dict[str, np.ndarray]) -> list[int]:
+        details = self._runner("imagine_step_noise").get_input_details()["noise"]
+        groups, classes = (int(v) for v in details["shape_signature"][1:])
+        lead = list(inputs["actions"].shape[:2]) if base == "imagine" else \
+            [inputs["h"].shape[0]]
+        return lead + [groups, classes]
+
+    def _imagine(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        step = signature.replace("imagine", "imagine_step")
+        h, z, actions = inputs["h"], inputs["z"], inputs["actions"]
+        seq: dict[str, list[np.ndarray]] = {"h_seq": [], "z_seq": [], "reward": [],
+                                            "continue_prob": []}
+        for t in range(actions.shape[1]):
+            feed = {"h": h, "z": z, "action": np.ascontiguousarray(actions[:, t])}
+            if step.endswith("_noise"):
+                feed["noise"] = np.ascontiguousarray(inputs["noise"][:, t])
+            out = self._run(step, feed)
+            h, z = out["h_next"], out["z_next"]
+            now = self._run("predict", {"h": h, "z": z})
+            for key, value in (("h_seq", h), ("z_seq", z), ("reward", now["reward"]),
+                               ("continue_prob", now["continue_prob"])):
+                seq[key].append(value)
+        return {k: np.stack(v, axis=1) for k, v in seq.items()}
 
 
 def _retrying(what: str, attempts: int, backoff: float, fn: Any, retry_on: tuple) -> Any:

@@ -30,13 +30,14 @@ import numpy as np
 from serving.backends import (
     Backend,
     GrpcBackend,
+    LiteRtBackend,
     OnnxBackend,
     RestBackend,
     SavedModelBackend,
     ServingError,
 )
 
-BACKENDS = ("onnx", "savedmodel", "rest", "grpc")
+BACKENDS = ("onnx", "litert", "savedmodel", "rest", "grpc")
 
 
 def load_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
@@ -74,13 +75,16 @@ class WorldModelClient:
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, backend: str = "onnx",
                     **options: Any) -> WorldModelClient:
-        """A client for an export directory. ``backend``: ``onnx``, ``savedmodel``
-        (both read the files), ``rest`` (``url=``, ``model=``) or ``grpc``
+        """A client for an export directory. ``backend``: ``onnx``, ``litert`` (export
+        with ``--litert``), ``savedmodel`` (these read the files), ``rest`` (``url=``,
+        ``model=``) or ``grpc``
         (``target=``, ``model=``); ``model`` defaults to the exported name."""
         manifest = load_manifest(export_dir)
         export_dir = Path(export_dir)
         if backend == "onnx":
             impl: Backend = OnnxBackend(export_dir / "onnx", **options)
+        elif backend == "litert":
+            impl = LiteRtBackend(export_dir / "litert", **options)
         elif backend == "savedmodel":
             impl = SavedModelBackend(export_dir / "saved_model" / manifest["name"], **options)
         elif backend == "rest":

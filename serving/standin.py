@@ -11,8 +11,12 @@ protocols from the exported SavedModel:
 - gRPC: ``tensorflow.serving.PredictionService/Predict`` with the real protos from
   ``tensorflow-serving-api``.
 
-It serves the latest version under a model base path, one model. Use the real server
-in production: the README has its command lines.
+It serves the latest version under a model base path, one model, and loads it the way
+TF Serving's C++ loader does (:class:`serving.backends.SessionBackend`: the MetaGraph
+in a TF1 session, variables restored by the SavedModel's restore op, tensors fed and
+fetched by SignatureDef names), so the REST and gRPC tests exercise that loading path,
+not ``tf.saved_model.load``'s. Use the real server in production: the README has its
+command lines.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.backends import SavedModelBackend, ServingError, from_tensor_proto, to_tensor_proto
+from serving.backends import ServingError, SessionBackend, from_tensor_proto, to_tensor_proto
 
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
 _STATUS = re.compile(r"^/v1/models/([^/:]+)$")
@@ -43,7 +47,7 @@ class StandInServer:
     def __init__(self, base_path: str | Path, name: str = "rssm", rest_port: int = 0,
                  grpc_port: int = 0) -> None:
         self.name = name
-        self.backend = SavedModelBackend(base_path)
+        self.backend = SessionBackend(base_path)
         self.version = int(self.backend.path.name) if self.backend.path.name.isdigit() else 1
         self.lock = threading.Lock()
         self._rest_port, self._grpc_port = rest_port, grpc_port
@@ -61,12 +65,12 @@ class StandInServer:
         if signature not in self.backend.signatures:
             raise LookupError(f"Serving signature name: \"{signature}\" not found in "
                               "signature def")
-        specs = self.backend.signatures[signature].structured_input_signature[1]
+        specs = self.backend.input_specs(signature)
         if set(inputs) != set(specs):
             raise ValueError(f"signature {signature} takes inputs {sorted(specs)}, got "
                              f"{sorted(inputs)}")
         # TF Serving reads JSON numbers as the signature's dtype (uint8 images, ...)
-        inputs = {k: np.asarray(v, specs[k].dtype.as_numpy_dtype) for k, v in inputs.items()}
+        inputs = {k: np.asarray(v, specs[k][0]) for k, v in inputs.items()}
         with self.lock:
             return self.backend.call(signature, inputs)
 

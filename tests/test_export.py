@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import EXPORT_CONFIG
+from served import cases_for, check_against_keras, keras_call, run_in_tf_serving_loader
 
 from export.__main__ import main as export_main
-from export.exporter import ONNX_SIGNATURES, ExportError, export_model
+from export.exporter import LITERT_SIGNATURES, ONNX_SIGNATURES, ExportError, export_model
 from export.module import SIGNATURES
 from export.parity import onnx_call
-from export.runner import make_cases, run_case
-from rssm_tf.saving import ModelFileError
+from export.runner import make_cases, run_all, run_case
+from rssm_tf.saving import ModelFileError, load_world_model
+from serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +61,8 @@ def test_parity_report_passes_on_every_backend(exported):
     out, manifest = exported
     report = json.loads((out / "parity.json").read_text())
     assert report["passed"] and manifest["parity"]["passed"]
-    assert set(report["backends"]) == {"function", "xla", "savedmodel", "onnx"}
+    assert set(report["backends"]) == {"function", "xla", "savedmodel", "savedmodel_session",
+                                       "onnx", "litert"}
     fresh = report["backends"]["savedmodel"]
     assert fresh["imported_rssm_tf"] is False
     assert "imagine_noise" in fresh["signatures"]
@@ -67,6 +70,120 @@ def test_parity_report_passes_on_every_backend(exported):
         assert backend["z_identical"] and backend["max_scaled_diff"] <= 1e-5
         assert backend["max_abs_diff"] <= 1e-5  # this model's values stay below 1
         assert {"rollout_obs_step_noise", "imagine_noise"} <= set(backend["cases"])
+
+
+def test_tf_serving_loader_runs_every_signature_like_the_keras_model(exported, model_path,
+                                                                    tmp_path):
+    """TF Serving's way (a TF1 session restoring the variables, tensors by the names in
+    each SignatureDef) in a process where rssm_tf cannot be imported."""
+    out, _ = exported
+    model = load_world_model(model_path, compile=False)
+    cases = cases_for(model, seed=4)
+    for name in SIGNATURES:  # plain sampled twins and initial_state run too
+        if name == "initial_state":
+            cases[name] = {"signature": name, "inputs": {"batch_size": np.array(3, np.int32)}}
+        elif not name.endswith(("_noise", "_mode")) and name != "predict":
+            cases[name] = {"signature": name, "inputs": cases[f"{name}_mode"]["inputs"]}
+    outputs = run_in_tf_serving_loader(out / "saved_model" / "wm" / "1", cases, tmp_path)
+    reference = keras_call(model)
+    for name, case in cases.items():
+        got = outputs[name]
+        if case["signature"] == "initial_state":
+            assert got["h"].shape == (3, 32) and not got["h"].any() and not got["z"].any()
+            continue
+        if "steps" in case or not case["signature"].endswith(("_noise", "_mode", "predict")):
+            continue  # rollouts are compared below; sampled twins draw their own noise
+        want = reference(case["signature"], case["inputs"])
+        for key, value in want.items():
+            if key.startswith("z_"):
+                np.testing.assert_array_equal(got[key], value, err_msg=f"{name} {key}")
+            else:
+                np.testing.assert_allclose(got[key], value, atol=1e-5, rtol=1e-5,
+                                           err_msg=f"{name} {key}")
+    want = run_case(reference, cases["rollout_obs_step_noise"])
+    np.testing.assert_array_equal(outputs["rollout_obs_step_noise"]["z_next"], want["z_next"])
+    np.testing.assert_allclose(outputs["rollout_obs_step_noise"]["h_next"], want["h_next"],
+                               atol=1e-5)
+    for name in ("obs_step", "imagine_step", "imagine"):  # sampled: one-hot, valid shapes
+        z = outputs[name]["z_next" if name != "imagine" else "z_seq"].reshape(-1, 4, 4)
+        np.testing.assert_array_equal(z.sum(-1), 1.0)
+
+
+def test_saved_model_cli_run_computes_what_keras_does(exported, model_path, tmp_path):
+    out, _ = exported
+    rng = np.random.default_rng(1)
+    h = rng.normal(size=(2, 32)).astype(np.float32)
+    z = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (2, 4))].reshape(2, 16)
+    np.save(tmp_path / "h.npy", h)
+    np.save(tmp_path / "z.npy", z)
+    proc = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
+                           "run", "--dir", str(out / "saved_model" / "wm" / "1"),
+                           "--tag_set", "serve", "--signature_def", "predict",
+                           "--inputs", f"h={tmp_path / 'h.npy'};z={tmp_path / 'z.npy'}",
+                           "--outdir", str(tmp_path / "cli")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = keras_call(load_world_model(model_path, compile=False))("predict", {"h": h, "z": z})
+    for key, value in want.items():
+        np.testing.assert_allclose(np.load(tmp_path / "cli" / f"{key}.npy"), value,
+                                   atol=1e-5, rtol=1e-5, err_msg=key)
+    assert abs(want["reward"]).max() > 0  # trained heads: a nonzero prediction
+
+
+def test_savedmodel_onnx_and_litert_compute_what_keras_does(exported, model_path):
+    """Every exported form against the Keras model run eagerly in this test."""
+    out, manifest = exported
+    model = load_world_model(model_path, compile=False)
+    assert sorted(p.name for p in (out / "litert").glob("*.tflite")) == sorted(
+        f"{s}.tflite" for s in LITERT_SIGNATURES)
+    assert manifest["litert"]["files"] == [f"litert/{s}.tflite" for s in LITERT_SIGNATURES]
+    for what, backend in (("savedmodel", SavedModelBackend(out / "saved_model" / "wm")),
+                          ("onnx", OnnxBackend(out / "onnx")),
+                          ("litert", LiteRtBackend(out / "litert"))):
+        check_against_keras(model, backend.call, what, seed=7)
+    # weights really are inside the LiteRT file: a weightless conversion was ~35 KB
+    assert (out / "litert" / "predict.tflite").stat().st_size > 30_000
+    # the sampled LiteRT call draws client-side noise: one-hot z, seeded, reproducible
+    case = cases_for(model, seed=2)["obs_step_mode"]["inputs"]
+    draws = [LiteRtBackend(out / "litert", seed=s).call("obs_step", case)["z_next"]
+             for s in (5, 5, 6)]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    np.testing.assert_array_equal(draws[0].reshape(-1, 4, 4).sum(-1), 1.0)
+    assert not np.array_equal(draws[0], draws[2])
+
+
+def test_parity_check_fails_on_outputs_that_differ(exported, model_path):
+    from export.parity import compare
+
+    model = load_world_model(model_path, compile=False)
+    cases = cases_for(model)
+    reference = run_all(keras_call(model), cases)
+    assert compare(reference, reference)["passed"]
+    shifted = {c: {k: (v + 1e-3 if k == "h_next" else v) for k, v in o.items()}
+               for c, o in reference.items()}
+    result = compare(reference, shifted)
+    assert not result["passed"] and result["max_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
+    flipped = {c: {k: (v[::-1] if k == "z_next" else v) for k, v in o.items()}
+               for c, o in reference.items()}
+    assert not compare(reference, flipped)["z_identical"]
+
+
+def test_export_exits_1_when_parity_fails(model_path, tmp_path, monkeypatch, capsys):
+    import export.parity
+
+    real = export.parity.compare
+
+    def off_by_a_little(reference, other):
+        return real(reference, {c: {k: v + 1e-3 if k == "h_next" else v
+                                    for k, v in o.items()} for c, o in other.items()})
+
+    monkeypatch.setattr(export.parity, "compare", off_by_a_little)
+    code = export_main(["--model", str(model_path), "--out", str(tmp_path / "o"),
+                        "--no-onnx"])
+    assert code == 1
+    assert "parity check FAILED" in capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "parity.json").read_text())
+    assert not report["passed"] and not report["backends"]["savedmodel_session"]["passed"]
 
 
 def test_rollouts_equal_between_savedmodel_and_onnx_runtime(exported):

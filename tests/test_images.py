@@ -220,7 +220,32 @@ def image_export(tmp_path_factory):
     model.fit(make_dataset(episodes, 2, 6), epochs=1, steps_per_epoch=3, verbose=0)
     root = tmp_path_factory.mktemp("image_export")
     path = save_world_model(model, root / "model.keras")
-    return root / "out", export_model(path, root / "out", name="pix", verbose=False)
+    return root / "out", export_model(path, root / "out", name="pix", verbose=False,
+                                      litert=True)
+
+
+def test_image_export_runs_in_tf_serving_loader_and_litert(image_export, tmp_path):
+    """The CNN's weights are restored by TF Serving's loader and carried into LiteRT."""
+    from served import cases_for, keras_call, run_in_tf_serving_loader
+
+    from export.runner import run_all
+    from rssm_tf.saving import load_world_model
+    from serving.backends import LiteRtBackend
+
+    out, _ = image_export
+    model = load_world_model(out.parent / "model.keras", compile=False)
+    cases = cases_for(model, seed=3)
+    reference = run_all(keras_call(model), cases)
+    served = run_in_tf_serving_loader(out / "saved_model" / "pix" / "1", cases, tmp_path)
+    lite = run_all(LiteRtBackend(out / "litert").call, cases)
+    for what, outputs in (("session", served), ("litert", lite)):
+        for case, ref in reference.items():
+            for key, value in ref.items():
+                if key.startswith("z_"):
+                    np.testing.assert_array_equal(outputs[case][key], value, err_msg=what)
+                else:
+                    np.testing.assert_allclose(outputs[case][key], value, atol=1e-5,
+                                               rtol=1e-5, err_msg=f"{what} {case} {key}")
 
 
 def test_image_export_parity_tf_savedmodel_onnx(image_export):
@@ -229,8 +254,8 @@ def test_image_export_parity_tf_savedmodel_onnx(image_export):
     assert inputs["image"] == {"dtype": "uint8", "shape": [None, 16, 16, 1]}
     assert inputs["obs"] == {"dtype": "float32", "shape": [None, 3]}
     report = json.loads((out / "parity.json").read_text())
-    assert report["passed"] and set(report["backends"]) == {"function", "xla", "savedmodel",
-                                                           "onnx"}
+    assert report["passed"] and set(report["backends"]) == {
+        "function", "xla", "savedmodel", "savedmodel_session", "onnx", "litert"}
     for backend in report["backends"].values():
         assert backend["z_identical"] and backend["max_abs_diff"] <= 1e-5
     shown = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
@@ -252,6 +277,7 @@ def test_image_client_backends_agree(image_export):
     noise = rng.uniform(0.01, 0.99, (4, 2, 4, 4)).astype(np.float32)
     with StandInServer(out / "saved_model" / "pix", name="pix") as server:
         clients = {"onnx": WorldModelClient.from_export(out, "onnx"),
+                   "litert": WorldModelClient.from_export(out, "litert"),
                    "savedmodel": WorldModelClient.from_export(out, "savedmodel"),
                    "rest": WorldModelClient.from_export(out, "rest", url=server.rest_url),
                    "grpc": WorldModelClient.from_export(out, "grpc",
@@ -262,7 +288,7 @@ def test_image_client_backends_agree(image_export):
             client.reset(2)
             traces[name] = [client.observe(a, o, noise=n) for a, o, n in
                             zip(actions, steps, noise)]
-    for name in ("savedmodel", "rest", "grpc"):
+    for name in ("litert", "savedmodel", "rest", "grpc"):
         for a, b in zip(traces["onnx"], traces[name]):
             np.testing.assert_array_equal(a["z"], b["z"], err_msg=name)
             np.testing.assert_allclose(a["h"], b["h"], atol=1e-5, err_msg=name)

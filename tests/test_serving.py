@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.backends import GrpcBackend, RestBackend, ServingError
+from serving.backends import GrpcBackend, RestBackend, ServingError, SessionBackend
 from serving.client import WorldModelClient
 from serving.standin import StandInServer
 
@@ -27,6 +27,7 @@ def server(exported):
 def clients(exported, server):
     out, _ = exported
     return {"onnx": WorldModelClient.from_export(out, "onnx"),
+            "litert": WorldModelClient.from_export(out, "litert", seed=0),
             "savedmodel": WorldModelClient.from_export(out, "savedmodel"),
             "rest": WorldModelClient.from_export(out, "rest", url=server.rest_url),
             "grpc": WorldModelClient.from_export(out, "grpc", target=server.grpc_target)}
@@ -56,11 +57,11 @@ def rollout(client, data, sample):
 
 
 @pytest.mark.parametrize("sample", ["mode", "noise"])
-def test_four_backends_agree_over_a_rollout(clients, sample):
+def test_every_backend_agrees_over_a_rollout(clients, sample):
     data = episode(clients["onnx"])
     reference = rollout(clients["onnx"], data, sample)
     assert reference[-1]["z_seq"].sum() == 3 * 7 * clients["onnx"].groups  # one-hot
-    for name in ("savedmodel", "rest", "grpc"):
+    for name in ("litert", "savedmodel", "rest", "grpc"):
         trace = rollout(clients[name], data, sample)
         for step, (a, b) in enumerate(zip(reference, trace)):
             assert set(a) == set(b), name
@@ -133,7 +134,9 @@ def test_missing_model_or_signature(exported, server):
     for backend in (RestBackend(server.rest_url, model="wm"),
                     GrpcBackend(server.grpc_target, model="wm"),
                     WorldModelClient.from_export(out, "onnx").backend,
-                    WorldModelClient.from_export(out, "savedmodel").backend):
+                    WorldModelClient.from_export(out, "savedmodel").backend,
+                    WorldModelClient.from_export(out, "litert").backend,
+                    SessionBackend(out / "saved_model" / "wm")):
         with pytest.raises(ServingError, match="not_a_signature"):
             backend.call("not_a_signature", {"h": h, "z": z})
 

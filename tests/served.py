@@ -1,0 +1,103 @@
+"""What the tests compare exported files with: the Keras model's own outputs.
+
+``keras_call(model)`` runs a serving signature's inputs through the ``Rssm`` layer's
+public methods, eagerly, written here from SPEC section 6 (not through
+``export.module``), so an export test never trusts the exporter's code or its own
+``parity.json``. ``check_against_keras`` runs parity cases through a backend and
+compares: identical ``z``, continuous outputs within 1e-5 (scaled by
+``max(1, |value|)`` for decoded rewards).
+
+``run_in_tf_serving_loader`` loads a SavedModel as TF Serving does, in a fresh Python
+process in which importing ``rssm_tf`` raises, and returns every case's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from export.runner import load_arrays, make_cases, run_all, save_cases
+from rssm_tf import RssmState
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def keras_call(model):
+    rssm = model.rssm
+    keys = model.config.obs_keys
+
+    def call(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = {k: tf.constant(v) for k, v in inputs.items()}
+        kind = {"sample": False, "noise": t.get("noise")}
+        if name == "predict":
+            out = rssm.predict(t["h"], t["z"])
+        elif name.startswith("obs_step"):
+            obs = {k: t[k] for k in keys}
+            state, post, prior = rssm.obs_step(RssmState(t["h"], t["z"]), t["action"], obs,
+                                               **kind)
+            out = {"h_next": state.h, "z_next": state.z, "post_logits": post,
+                   "prior_logits": prior}
+        elif name.startswith("imagine_step"):
+            state, prior = rssm.imagine_step(RssmState(t["h"], t["z"]), t["action"],
+                                             return_logits=True, **kind)
+            out = {"h_next": state.h, "z_next": state.z, "prior_logits": prior}
+        else:
+            states, _ = rssm.imagine(RssmState(t["h"], t["z"]), t["actions"], **kind)
+            heads = rssm.predict(states.h, states.z)
+            out = {"h_seq": states.h, "z_seq": states.z, "reward": heads["reward"],
+                   "continue_prob": heads["continue_prob"]}
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    return call
+
+
+def cases_for(model, seed: int = 0, batch: int = 3, rollout: int = 5, horizon: int = 6):
+    c = model.config
+    dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
+                                       "obs_dim", "action_dim", "image_shape")}
+    return make_cases(dims, batch, rollout, horizon, seed)
+
+
+def assert_same(reference: dict, other: dict, what: str, atol: float = 1e-5) -> None:
+    assert set(reference) <= set(other), (what, sorted(reference), sorted(other))
+    for case, ref in reference.items():
+        assert set(ref) == set(other[case]), (what, case)
+        for key, value in ref.items():
+            got = other[case][key]
+            assert got.shape == value.shape, (what, case, key, got.shape, value.shape)
+            if key in ("z_next", "z_seq"):
+                np.testing.assert_array_equal(got, value, err_msg=f"{what} {case} {key}")
+                assert value.sum() > 0  # real one-hot samples
+            else:
+                scaled = np.abs(got - value) / np.maximum(1.0, np.abs(value))
+                assert scaled.max() <= atol, (what, case, key, float(scaled.max()))
+
+
+def check_against_keras(model, call, what: str, seed: int = 0) -> dict:
+    cases = cases_for(model, seed)
+    reference = run_all(keras_call(model), cases)
+    assert_same(reference, run_all(call, cases), what)
+    return reference
+
+
+def run_in_tf_serving_loader(saved_model: Path, cases: dict, tmp_path: Path) -> dict:
+    """Outputs of ``cases`` from the SavedModel loaded by TF Serving's path (a TF1
+    session, tensors by SignatureDef names) in a fresh process without ``rssm_tf``."""
+    cases_path, out_path = tmp_path / "cases.npz", tmp_path / "outputs.npz"
+    save_cases(cases_path, cases)
+    code = ("import sys; sys.modules['rssm_tf'] = None  # importing rssm_tf now raises\n"
+            "from export.savedmodel_check import main\n"
+            f"sys.exit(main(['--loader', 'session', {str(saved_model)!r}, "
+            f"{str(cases_path)!r}, {str(out_path)!r}]))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = load_arrays(out_path)
+    outputs.pop("__process__")
+    return outputs
