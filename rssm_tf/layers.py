@@ -205,15 +205,16 @@ class BlockGRU(keras.layers.Layer):
     -> new memory [B, units]. With G = ``n_blocks`` > 0 and d = units / G::
 
         xg = concat(split(h, G), broadcast(x))        # [B, G, d + X]
-        y  = SiLU(Norm(BlockLinear_d(xg)))             # norm within each block
+        y  = SiLU(Norm(BlockLinear_d(xg)))             # norm over all G*d units
         r, c, u = split(BlockLinear_3d(y), 3)          # per block
         r = sigmoid(r); c = tanh(r * c); u = sigmoid(u - 1)
         h' = u * c + (1 - u) * h
 
-    Block i of ``h'`` depends on block i of ``h`` and on ``x`` only: the norm runs
-    over each block's d units (one learned scale of size d shared by the blocks), so
-    no statistic couples the blocks. With
-    ``n_blocks=0`` it is one dense GRU: ``r, c, u = split(Norm(Dense_3D([x, h])))``.
+    As in DreamerV3 (``rssm.py``, ``_core``: ``dynhid`` then ``Norm`` of the flat
+    deterministic vector) and TorchRL's ``_DreamerV3BlockGRU``, the norm's statistic
+    runs over all ``units`` and its learned scale (and offset, for layer norm) has one
+    entry per unit: the blocks' weights are block-diagonal, but the norm couples them.
+    With ``n_blocks=0`` it is one dense GRU: ``r, c, u = split(Norm(Dense_3D([x, h])))``.
 
     The input half of the first linear map is exposed as :meth:`project_input` so a
     caller can compute it for a whole sequence at once and pass it to :meth:`step`.
@@ -258,7 +259,7 @@ class BlockGRU(keras.layers.Layer):
         if g:
             self.hidden.build((None, g, d // g))
             self.gates.build((None, g, d // g))
-            self.norm.build((None, g, d // g))
+            self.norm.build((None, d))  # one scale (and offset) per unit
         else:
             self.hidden.build((None, d))
             self.norm.build((None, self._pre_width))
@@ -281,7 +282,7 @@ class BlockGRU(keras.layers.Layer):
 
             h = blocks(h)
             pre = self.hidden.block_major(h, mm=mm) + blocks(x_proj)
-            y = tf.nn.silu(self.norm(tf.cast(pre, "float32")))  # per block
+            y = tf.nn.silu(self._norm_blocks(tf.cast(pre, "float32")))
             gates = self.gates.block_major(tf.cast(y, dtype), mm=mm)
             r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [G, B, d/G]
         else:
@@ -292,6 +293,23 @@ class BlockGRU(keras.layers.Layer):
         u = tf.sigmoid(u + self.update_bias)
         h = u * c + (1.0 - u) * tf.cast(h, "float32")  # the memory stays float32
         return tf.reshape(tf.transpose(h, [1, 0, 2]), [-1, d]) if g else h
+
+    def _norm_blocks(self, x: tf.Tensor) -> tf.Tensor:
+        """The norm of ``x`` [G, B, d] (blocks in front) over each row's G*d units,
+        with the norm layer's per-unit weights; what ``self.norm`` computes on the flat
+        [B, G*d] layout, without transposing to it inside the recurrent step."""
+        g, d = self.n_blocks, self.units // self.n_blocks
+
+        def per_unit(weight: Any) -> tf.Tensor:
+            return tf.reshape(tf.cast(weight, "float32"), [g, 1, d])
+
+        if self.norm_kind == "rms":
+            mean_square = tf.reduce_mean(tf.square(x), axis=[0, 2], keepdims=True)
+            return x * tf.math.rsqrt(mean_square + self.norm_eps) * per_unit(self.norm.scale)
+        mean = tf.reduce_mean(x, axis=[0, 2], keepdims=True)
+        variance = tf.reduce_mean(tf.square(x - mean), axis=[0, 2], keepdims=True)
+        y = (x - mean) * tf.math.rsqrt(variance + self.norm_eps) * per_unit(self.norm.gamma)
+        return y + per_unit(self.norm.beta)
 
     def call(self, x: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
         return self.step(h, self.project_input(tf.cast(x, self.compute_dtype)))

@@ -24,8 +24,11 @@ def test_update_gate_bias_with_zero_weights(blocks):
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-7)
 
 
-def test_block_structure_via_gradients(rng):
+def test_norm_couples_the_blocks_as_dreamerv3(rng):
+    """DreamerV3 normalises the flat D units after the block-diagonal map: block 0 of
+    h' depends on block 1 of h through the norm's statistic; the scale has D entries."""
     gru = _gru(16, 4)
+    assert tuple(gru.norm.scale.shape) == (16,)
     h = tf.constant(rng.normal(size=(1, 16)), tf.float32)
     x = tf.constant(rng.normal(size=(1, 6)), tf.float32)
     with tf.GradientTape() as tape:
@@ -34,11 +37,25 @@ def test_block_structure_via_gradients(rng):
     jac = tape.batch_jacobian(out, h)[0].numpy()  # [16 out, 16 in]
     for i in range(4):
         for j in range(4):
-            block = jac[4 * i:4 * i + 4, 4 * j:4 * j + 4]
-            if i == j:
-                assert np.abs(block).max() > 1e-3
-            else:
-                assert np.abs(block).max() == 0.0
+            assert np.abs(jac[4 * i:4 * i + 4, 4 * j:4 * j + 4]).max() > 1e-5, (i, j)
+    # the weights themselves stay block-diagonal: one [d + X, d] matrix per block
+    assert tuple(gru.hidden.kernel.shape) == (4, 4, 4)
+    assert tuple(gru.gates.kernel.shape) == (4, 4, 12)
+
+
+@pytest.mark.parametrize("norm", ["rms", "layer"])
+def test_blocks_first_norm_equals_keras_norm_on_the_flat_layout(rng, norm):
+    gru = BlockGRU(12, 3, norm=norm)
+    gru.build((None, 5))
+    for w in gru.norm.weights:  # non-trivial per-unit scale and offset
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    x = rng.normal(size=(2, 12)).astype("float32") * 3.0 + 1.0
+    blocks = tf.transpose(tf.reshape(x, [2, 3, 4]), [1, 0, 2])  # [G, B, d]
+    got = tf.reshape(tf.transpose(gru._norm_blocks(blocks), [1, 0, 2]), [2, 12])
+    np.testing.assert_allclose(got.numpy(), gru.norm(x).numpy(), rtol=1e-5, atol=1e-5)
+    if norm == "rms":  # by hand: x / sqrt(mean(x^2) + eps) * scale, over all 12 units
+        want = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-4) * gru.norm.scale.numpy()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_dense_gru_mixes_all_units(rng):
