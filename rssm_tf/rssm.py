@@ -32,7 +32,21 @@ from rssm_tf.latents import gumbel, mix_logits, sample_latent, sample_log_probs,
 from rssm_tf.layers import BlockGRU, Mlp, NormDense, matmul
 from rssm_tf.losses import TwohotEncoder
 from rssm_tf.scan import observe_scan
-from rssm_tf.validation import as_float_tensor, as_image_tensor, check_same, check_shape
+from rssm_tf.validation import (
+    as_float_tensor,
+    as_image_tensor,
+    check_finite,
+    check_same,
+    check_shape,
+)
+
+
+def eager_finite(name: str, tensor: tf.Tensor) -> tf.Tensor:
+    """``tensor``, after a ``ValueError`` naming it if it holds NaN/Inf, when called
+    eagerly (a user stepping the layer by hand). Inside graphs the layer adds no check
+    (the training step checks its batch behind ``WorldModel(check_numerics=...)``, the
+    serving client checks before sending)."""
+    return check_finite(name, tensor) if tf.executing_eagerly() else tensor
 
 
 class RssmState(NamedTuple):
@@ -213,7 +227,7 @@ class Rssm(keras.layers.Layer):
             noise = as_float_tensor("noise", noise)
             check_shape("noise", noise,
                         lead + [self.config.n_categories, self.config.n_classes])
-            return noise
+            return eager_finite("noise", noise)
         if not sample:
             return None
         return uniform_noise(shape, self.seed_generator.next())
@@ -228,13 +242,14 @@ class Rssm(keras.layers.Layer):
         check_shape("state.h", h, ["B", c.deterministic_size])
         check_shape("state.z", z, ["B", c.stoch_size])
         check_same(["state.h", "state.z"], [h.shape[0], z.shape[0]], "batch size")
-        return RssmState(h, z)
+        return RssmState(eager_finite("state.h", h), eager_finite("state.z", z))
 
-    def check_obs(self, obs: Any, lead: list[str | None] | None
+    def check_obs(self, obs: Any, lead: list[str | None] | None, finite: bool = True
                   ) -> dict[str, tf.Tensor]:
         """The observation as a dict of checked tensors, one per ``config.obs_keys``:
         ``obs`` float32 [*lead, O], ``image`` uint8 [*lead, H, W, C]. A bare tensor is
-        taken as the single key of a one-key config."""
+        taken as the single key of a one-key config. ``finite``: refuse NaN/Inf in
+        eager calls (see :func:`eager_finite`)."""
         c = self.config
         keys = c.obs_keys
         if not isinstance(obs, dict):
@@ -247,6 +262,8 @@ class Rssm(keras.layers.Layer):
         out = {}
         if "obs" in obs:
             out["obs"] = as_float_tensor("obs", obs["obs"])
+            if finite:
+                out["obs"] = eager_finite("obs", out["obs"])
             if lead is not None:
                 check_shape("obs", out["obs"], lead + [c.obs_dim])
         if "image" in obs:
@@ -258,7 +275,7 @@ class Rssm(keras.layers.Layer):
     def _check_step(self, state: RssmState, action: Any, obs: Any = None):
         c = self.config
         state = self._check_state(state)
-        action = as_float_tensor("action", action)
+        action = eager_finite("action", as_float_tensor("action", action))
         check_shape("action", action, ["B", c.action_dim])
         names, sizes = ["state.h", "action"], [state.h.shape[0], action.shape[0]]
         if obs is not None:
@@ -346,7 +363,7 @@ class Rssm(keras.layers.Layer):
         """
         c = self.config
         obs = self.check_obs(obs, ["B", "T"])
-        actions = as_float_tensor("actions", actions)
+        actions = eager_finite("actions", as_float_tensor("actions", actions))
         is_first = as_float_tensor("is_first", is_first)
         check_shape("actions", actions, ["B", "T", c.action_dim])
         check_shape("is_first", is_first, ["B", "T"])
@@ -397,7 +414,7 @@ class Rssm(keras.layers.Layer):
         state = self._check_state(state)
         policy = policy_or_actions if callable(policy_or_actions) else None
         if policy is None:
-            actions = as_float_tensor("actions", policy_or_actions)
+            actions = eager_finite("actions", as_float_tensor("actions", policy_or_actions))
             check_shape("actions", actions, ["B", "T", c.action_dim])
             check_same(["state.h", "actions"], [state.h.shape[0], actions.shape[0]],
                        "batch size")

@@ -169,7 +169,8 @@ class WorldModel(keras.Model):
         if missing:
             raise ValueError(f"batch is missing key(s) {missing}; expected {list(keys)}")
         c = self.config
-        batch = self.rssm.check_obs({k: data[k] for k in c.obs_keys}, ["B", "T"])
+        batch = self.rssm.check_obs({k: data[k] for k in c.obs_keys}, ["B", "T"],
+                                    finite=False)  # checked below, if check_numerics
         batch.update({k: as_float_tensor(k, data[k]) for k in STEP_KEYS})
         check_shape("action", batch["action"], ["B", "T", c.action_dim])
         for key in ("reward", "is_first", "is_terminal"):
