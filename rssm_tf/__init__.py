@@ -10,7 +10,9 @@ Images: ``RssmConfig(obs_dim=0, action_dim=2, image_shape=(64, 64, 3))`` and uin
 frames as ``obs`` (or ``obs_dim > 0`` too, and a dict ``{"obs": ..., "image": ...}``).
 """
 
+from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
 from rssm_tf.config import KlBalanceConfig, RssmConfig
+from rssm_tf.data import EpisodeStore, load_episode, make_dataset, save_episode
 from rssm_tf.heads import ImageDecoder, ImageEncoder, ObsDecoder, ObsEncoder, VectorEncoder
 from rssm_tf.latents import latent_distribution, mix_logits, sample_latent
 from rssm_tf.layers import BlockGRU, BlockLinear, Mlp, NormDense
@@ -23,10 +25,15 @@ from rssm_tf.losses import (
 )
 from rssm_tf.math import symexp, symlog
 from rssm_tf.rssm import Rssm, RssmState
+from rssm_tf.saving import AtomicModelCheckpoint, load_world_model, save_world_model
+from rssm_tf.world_model import WorldModel, evaluate_open_loop
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtomicModelCheckpoint", "EpisodeStore", "ImaginationCallback", "NonFiniteGuard",
+    "WorldModel", "evaluate_open_loop", "load_episode", "load_world_model", "make_dataset",
+    "save_episode", "save_world_model",
     "BlockGRU", "BlockLinear", "ImageDecoder", "ImageEncoder", "KlBalanceConfig", "KlLoss",
     "Mlp", "NormDense", "ObsDecoder", "ObsEncoder", "Rssm",
     "RssmConfig", "RssmState", "TwohotEncoder", "VectorEncoder", "categorical_entropy",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -24,7 +25,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     On NaN/Inf it stops training and, with ``action="raise"`` (the default), raises
     :class:`NonFiniteMetricError` naming the metric, epoch and batch; with
-    ``action="stop"`` it prints that message and ends ``fit`` normally.
+    ``action="stop"`` it issues that message as a ``RuntimeWarning`` and ends ``fit``
+    normally (``self.message`` keeps it).
     """
 
     def __init__(self, action: str = "raise") -> None:
@@ -47,7 +49,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 self.model.stop_training = True
                 if self.action == "raise":
                     raise NonFiniteMetricError(self.message)
-                print(self.message)
+                warnings.warn(self.message, RuntimeWarning, stacklevel=2)
                 return
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from rssm_tf.data import save_episode
@@ -98,6 +99,7 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
     action_dim, encode = _action_codec(env.action_space)
     env.action_space.seed(seed)
     paths = []
+    bar = keras.utils.Progbar(episodes, unit_name="episode") if progress else None
     try:
         for index in range(episodes):
             obs, _ = env.reset(seed=seed + index)
@@ -118,11 +120,8 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
             episode = {k: np.asarray(v, np.uint8 if k == "image" else np.float32)
                        for k, v in steps.items()}
             paths.append(save_episode(directory, episode, f"{prefix}-{seed + index:06d}"))
-            if progress:
-                print(f"\rcollect {env_id}: {index + 1}/{episodes} episodes", end="",
-                      flush=True)
+            if bar is not None:
+                bar.update(index + 1, [("steps", len(episode["action"]))])
     finally:
         env.close()
-        if progress:
-            print()
     return paths

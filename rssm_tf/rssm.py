@@ -454,8 +454,13 @@ class Rssm(keras.layers.Layer):
                 tf.transpose(priors, [1, 0, 2, 3]))
 
     def call(self, obs: tf.Tensor | dict, actions: tf.Tensor, is_first: tf.Tensor,
-             sample: bool = True) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
-        """Same as :meth:`observe` from the initial state."""
+             sample: bool | None = None, training: bool | None = None
+             ) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
+        """:meth:`observe` from the initial state, as a Keras layer call (so an ``Rssm``
+        can sit in a functional or subclassed model). ``sample=None`` follows Keras'
+        ``training`` flag: posterior samples while training, the mode in inference."""
+        if sample is None:
+            sample = bool(training)
         return self.observe(obs, actions, is_first, sample=sample)
 
     def get_config(self) -> dict[str, Any]:

@@ -18,6 +18,8 @@ over the pixels and channels, as in DreamerV3; with both keys the terms add.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Any
 
 import keras
@@ -35,6 +37,15 @@ from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_
 
 METRIC_NAMES = ("loss", "rec", "rew", "con", "dyn", "rep", "kl", "prior_ent",
                 "post_ent", "grad_norm")
+
+
+def op_determinism_enabled() -> bool:
+    """Whether ``tf.config.experimental.enable_op_determinism()`` is on. TensorFlow
+    2.21 has no public getter; Keras reads the same private function for the same
+    purpose (turning XLA off). tests/test_keras_conventions.py pins it."""
+    from tensorflow.python.framework import config as tf_config
+
+    return bool(tf_config.is_op_determinism_enabled())
 
 
 def default_optimizer() -> keras.optimizers.Optimizer:
@@ -107,11 +118,19 @@ class WorldModel(keras.Model):
         (XLA's CPU convolutions ran 1.5-1.85x slower than TensorFlow's oneDNN kernels in
         ``benchmarks/train_speed.py``; on GPUs XLA stays on), under a strategy with
         several replicas on CPU devices (XLA cannot reach one logical CPU's variables
-        from another) and while TF op determinism is on (as Keras does). The loss is
-        built in; ``loss=`` is not accepted.
+        from another) and while TF op determinism is on (as Keras does).
+        ``model.jit_compile`` then says whether the update runs under XLA.
+
+        The loss and the logged metrics are built in: ``loss=``, ``metrics=`` and
+        ``weighted_metrics=`` are refused (the model has no ``y`` to compare with; the
+        logged terms are :data:`METRIC_NAMES`). The optimiser is built here, so a model
+        saved before its first step holds the optimiser's full state.
         """
-        if kwargs.get("loss") is not None:
-            raise ValueError("WorldModel computes its own loss; do not pass loss=")
+        for name in ("loss", "metrics", "weighted_metrics"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"WorldModel computes its own loss and logs its own "
+                                 f"metrics {list(METRIC_NAMES)}; compile({name}=...) is "
+                                 "not supported (use a callback to compute more)")
         if jit_compile is None:
             strategy = self.distribute_strategy
             single = strategy.num_replicas_in_sync == 1
@@ -119,17 +138,52 @@ class WorldModel(keras.Model):
                 "CPU" in d.upper() for d in strategy.extended.worker_devices)
             jit_compile = not on_cpu or (single and self.config.image_shape is None)
             if not jit_compile and not single:
-                print("WorldModel.compile: several replicas on CPU devices; XLA is off "
-                      "for this strategy")
-        from tensorflow.python.framework import config as tf_config
-
-        self.xla = bool(jit_compile) and not tf_config.is_op_determinism_enabled()
+                warnings.warn("WorldModel.compile: several replicas on CPU devices; XLA "
+                              "is off for this strategy", stacklevel=2)
+        self.xla = bool(jit_compile) and not op_determinism_enabled()
         self._compiled: dict[str, Any] = {}
         # Several replicas: no nested function may hold the optimiser's all-reduce, so
         # Keras compiles the whole step (under XLA the batch checks are then dropped).
         replicated = self.distribute_strategy.num_replicas_in_sync > 1
         super().compile(optimizer=optimizer or default_optimizer(),
                         jit_compile=self.xla and replicated, **kwargs)
+        with self.distribute_strategy.scope():
+            self.optimizer.build(self.trainable_variables)
+
+    # Keras wraps the whole train/test/predict step in tf.function(jit_compile=
+    # model.jit_compile). Here the XLA part is the update inside the step (``xla``),
+    # so the property answers that, and the whole-step setting is what Keras passes to
+    # compile() and reads while it builds the step functions.
+    @property
+    def jit_compile(self) -> bool:
+        """Whether the training update runs under XLA (see :meth:`compile`)."""
+        if getattr(self, "_building_step", False):
+            return getattr(self, "_step_jit", False)
+        return bool(getattr(self, "xla", False))
+
+    @jit_compile.setter
+    def jit_compile(self, value: bool) -> None:
+        self._step_jit = bool(value)
+
+    @contextlib.contextmanager
+    def _whole_step(self):
+        self._building_step = True
+        try:
+            yield
+        finally:
+            self._building_step = False
+
+    def make_train_function(self, force: bool = False) -> Any:
+        with self._whole_step():
+            return super().make_train_function(force)
+
+    def make_test_function(self, force: bool = False) -> Any:
+        with self._whole_step():
+            return super().make_test_function(force)
+
+    def make_predict_function(self, force: bool = False) -> Any:
+        with self._whole_step():
+            return super().make_predict_function(force)
 
     def _run_compiled(self, name: str, fn: Any, batch: dict[str, tf.Tensor]) -> Any:
         """``fn(batch)`` as a cached ``tf.function`` (with XLA when ``self.xla``), or
@@ -141,20 +195,21 @@ class WorldModel(keras.Model):
             self._compiled[name] = tf.function(fn, jit_compile=self.xla)
         return self._compiled[name](batch)
 
+    # Private Keras API, the one place this library overrides one (Keras 3.15, TF
+    # backend: keras/src/backend/tensorflow/trainer.py). Before the first step Keras
+    # averages one batch across replicas with strategy.reduce to build the model
+    # symbolically; that reduce fails for a dict batch under MultiWorkerMirroredStrategy.
+    # Every layer and the optimiser are built already, so nothing needs that batch.
+    # tests/test_keras_conventions.py fails if a Keras upgrade renames the hook.
     def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
-        """Builds the optimiser before the first step (the layers are built in
-        ``__init__``). Keras' own version first averages one batch across replicas
-        with ``strategy.reduce``, which fails for a dict batch under
-        ``MultiWorkerMirroredStrategy`` (Keras 3.15)."""
+        """Builds the optimiser if it is not built yet; never touches the data."""
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
         """Re-compiles a loaded model with its saved optimiser (``.keras`` loading)."""
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        self.optimizer.build(self.trainable_variables)
+        self.compile(**keras.saving.deserialize_keras_object(config))
 
     # ------------------------------------------------------------- inputs
     def validate_batch(self, data: Any) -> dict[str, tf.Tensor]:

@@ -86,3 +86,9 @@ def test_cli_trains_and_evaluates_a_pixel_model(tmp_path, capsys):
                  "--horizon", "3"]) == 0
     out = capsys.readouterr().out
     assert "image_mse" in out and "obs_mse" not in out
+
+
+def test_collect_shows_progress_with_keras_progbar(tmp_path, capsys):
+    collect("CartPole-v1", 3, tmp_path / "bar", seed=2, progress=True)
+    out = capsys.readouterr().out
+    assert "3/3" in out and "steps:" in out  # Progbar's count and its running value
