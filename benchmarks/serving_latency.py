@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 
 
 def export_seed_model(out: Path) -> Path:
-    from export.exporter import export_model
+    from rssm_tf_export.exporter import export_model
+
     from rssm_tf import RssmConfig
     from rssm_tf.saving import save_world_model
     from rssm_tf.world_model import WorldModel
@@ -84,8 +85,8 @@ def main() -> int:
     parser.add_argument("--json", default="serving_latency.json")
     args = parser.parse_args()
 
-    from serving.client import WorldModelClient
-    from serving.standin import StandInServer
+    from rssm_tf_serving.client import WorldModelClient
+    from rssm_tf_serving.standin import StandInServer
 
     tmp = tempfile.TemporaryDirectory()
     export_dir = Path(args.export) if args.export else export_seed_model(Path(tmp.name))

@@ -127,7 +127,7 @@ def main() -> int:
              for r in results.values() for h in (0, 14))
 
     if not args.no_export:
-        from export.exporter import export_model
+        from rssm_tf_export.exporter import export_model
 
         for i, run in enumerate(args.runs):
             name = run.replace("-v1", "").replace("-", "_").lower()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="rssm-tf-export",
+        prog="rssm-tf export",
         description="Export a trained rssm_tf WorldModel (.keras) to OUT/saved_model/NAME/"
                     "VERSION (TF Serving's layout), OUT/onnx/<signature>.onnx, "
                     "OUT/manifest.json and OUT/parity.json.")
@@ -33,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
-    from export.exporter import ExportError, export_model
+    from rssm_tf_export.exporter import ExportError, export_model
+
     from rssm_tf.saving import ModelFileError
 
     try:

@@ -4,7 +4,7 @@
     OUT/onnx/<signature>.onnx       one ONNX file per signature but initial_state
     OUT/litert/<signature>.tflite   with ``litert``: the step signatures for LiteRT
     OUT/manifest.json               config, signatures, versions, file hashes
-    OUT/parity.json                 the parity report (see export.parity)
+    OUT/parity.json                 the parity report (see rssm_tf_export.parity)
 
 The version directory is written under a hidden temporary name and renamed when
 complete, so a server polling ``OUT/saved_model/NAME`` never sees half a version; an
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
+from rssm_tf_export.module import SIGNATURES, InferenceModule
+from rssm_tf_export.parity import format_table, parity_report
 
-from export.module import SIGNATURES, InferenceModule
-from export.parity import format_table, parity_report
 from rssm_tf.atomic import atomic_path, write_atomic
 from rssm_tf.saving import load_world_model
 from rssm_tf.world_model import WorldModel

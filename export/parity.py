@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-
-from export.module import InferenceModule
-from export.runner import Call, load_arrays, make_cases, run_all, save_cases
-from serving.backends import LiteRtBackend, OnnxBackend
+from rssm_tf_export.module import InferenceModule
+from rssm_tf_export.runner import Call, load_arrays, make_cases, run_all, save_cases
+from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend
 
 TOLERANCE = 1e-5
 Z_KEYS = ("z_next", "z_seq")
@@ -58,7 +57,7 @@ def litert_call(litert_dir: str | os.PathLike) -> Call:
 def savedmodel_in_fresh_process(saved_model_dir: str | os.PathLike,
                                 cases: dict[str, dict], loader: str = "session"
                                 ) -> tuple[dict, dict]:
-    """Runs ``cases`` through ``python -m export.savedmodel_check --loader LOADER``
+    """Runs ``cases`` through ``python -m rssm_tf_export.savedmodel_check --loader LOADER``
     (``session``: TF Serving's way; ``tf2``: ``tf.saved_model.load``); returns the
     outputs and the process facts (signatures seen, whether rssm_tf was imported)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +66,7 @@ def savedmodel_in_fresh_process(saved_model_dir: str | os.PathLike,
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}"
                f"{os.environ.get('PYTHONPATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        proc = subprocess.run([sys.executable, "-m", "export.savedmodel_check",
+        proc = subprocess.run([sys.executable, "-m", "rssm_tf_export.savedmodel_check",
                                "--loader", loader, str(saved_model_dir), str(cases_path),
                                str(out_path)],
                               capture_output=True, text=True, env=env, timeout=900)

@@ -1,11 +1,18 @@
-"""``rssm-tf``: collect episodes, train, imagine and evaluate from the command line.
+"""``rssm-tf``: collect episodes, train, imagine, evaluate, export and serve.
 
     rssm-tf collect  --env CartPole-v1 --episodes 100 --out data/train
     rssm-tf train    --data data/train --model run/model.keras --steps 1000
     rssm-tf evaluate --model run/model.keras --data data/test
     rssm-tf imagine  --model run/model.keras --data data/test --out run/imagine.png
+    rssm-tf export   --model run/model.keras --out exported [--litert]
+    rssm-tf serve    --export exported --backend onnx
+    rssm-tf --version
 
-Errors in the arguments or the files are printed as one line (exit status 2).
+``export`` and ``serve`` live in the distribution's other packages
+(``rssm_tf_export``, ``rssm_tf_serving``); they register themselves as the entry
+points of the group ``rssm_tf.commands``, so this package imports neither. Errors in
+the arguments or the files are printed as one line (exit status 2); a command whose
+optional dependency is missing prints the ``pip install`` line that brings it.
 """
 
 from __future__ import annotations
@@ -15,7 +22,30 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+# Optional dependencies by import name -> the extra that installs them.
+EXTRAS = {"gymnasium": "examples", "matplotlib": "examples", "tf2onnx": "export",
+          "onnx": "export", "onnxruntime": "export", "ai_edge_litert": "litert",
+          "grpc": "serving", "requests": "serving", "tensorflow_serving": "serving",
+          "tensorflow_probability": "tfp", "torch": "bench", "torchrl": "bench"}
+
+
+def version() -> str:
+    try:
+        return metadata.version("rssm-tf")
+    except metadata.PackageNotFoundError:  # running from a checkout, not installed
+        from rssm_tf import __version__
+
+        return __version__
+
+
+def plugins() -> dict[str, Any]:
+    """Subcommands registered by other packages (group ``rssm_tf.commands``): each
+    entry point is a ``main(argv) -> int``."""
+    return {ep.name: ep for ep in metadata.entry_points(group="rssm_tf.commands")}
 
 
 def _positive(text: str) -> int:
@@ -28,7 +58,13 @@ def _positive(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rssm-tf", description="DreamerV3 world model (RSSM) in TensorFlow/Keras.")
+    parser.add_argument("--version", action="version", version=f"rssm-tf {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in sorted(plugins()):
+        sub.add_parser(name, help={"export": "SavedModel tree, ONNX, LiteRT and parity "
+                                             "report from a .keras model",
+                                   "serve": "run an exported model through a serving "
+                                            "backend"}.get(name, "see its --help"))
 
     p = sub.add_parser("collect", help="run a gymnasium environment and save episodes",
                        description="Run a gymnasium environment with a random policy and "
@@ -58,9 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--obs-keys", nargs="+", choices=["obs", "image"], default=None,
                    help="observation keys to model (default: all the episodes have)")
     p.add_argument("--config", default=None,
-                   help="JSON of RssmConfig fields other than obs_dim/action_dim/"
-                        "image_shape, "
-                        "e.g. '{\"deterministic_size\": 256}' (default: the seed config)")
+                   help="RssmConfig fields other than obs_dim/action_dim/image_shape, as "
+                        "a JSON file or inline JSON, e.g. config.json or "
+                        "'{\"deterministic_size\": 256}' (default: the seed config)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
     p.add_argument("--log-dir", default=None, help="TensorBoard log directory")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
@@ -116,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         model = _load_model(args.model)
         print(f"resuming from {args.model} at step {int(model.optimizer.iterations)}")
     else:
-        extra = json.loads(args.config) if args.config else {}
+        extra = read_config(args.config) if args.config else {}
         config = config_for_episode(episodes[0], args.obs_keys, **extra)
         model = WorldModel(config, seed=args.seed)
         model.compile(optimizer=keras.optimizers.Adam(args.lr, epsilon=1e-8,
@@ -138,6 +174,25 @@ def cmd_train(args: argparse.Namespace) -> None:
               validation_data=val, callbacks=callbacks, verbose=1)
     save_world_model(model, args.model)
     print(f"saved {args.model}")
+
+
+def read_config(text: str) -> dict[str, Any]:
+    """``--config``: a path to a JSON file, or JSON itself; a JSON object either way."""
+    path = Path(text)
+    source = f"--config {text}"
+    if not text.lstrip().startswith(("{", "[")):
+        if not path.is_file():
+            raise ValueError(f"{source}: no such file (give a JSON file or inline JSON "
+                             "starting with '{')")
+        text = path.read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: must be a JSON object of RssmConfig fields, got "
+                         f"{type(value).__name__}")
+    return value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -172,14 +227,26 @@ def cmd_imagine(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
-    handler = {"collect": cmd_collect, "train": cmd_train, "evaluate": cmd_evaluate,
-               "imagine": cmd_imagine}[args.command]
+    commands = plugins()
+    command = argv[0] if argv else None
     try:
+        if command in commands:
+            return int(commands[command].load()(argv[1:]) or 0)
+        args = _parser().parse_args(argv)
+        handler = {"collect": cmd_collect, "train": cmd_train, "evaluate": cmd_evaluate,
+                   "imagine": cmd_imagine}[args.command]
         handler(args)
+    except ModuleNotFoundError as error:
+        root = (error.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        print(f"rssm-tf {command}: error: this command needs {root}: "
+              f'pip install "rssm-tf[{EXTRAS[root]}]"', file=sys.stderr)
+        return 2
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        print(f"rssm-tf {args.command}: error: {error}", file=sys.stderr)
+        print(f"rssm-tf {command}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -133,7 +133,11 @@ def _flatten(z: tf.Tensor) -> tf.Tensor:
 def latent_distribution(logits: tf.Tensor):
     """The TFP distribution of the latent: S independent ``OneHotCategorical`` over
     K classes (``logits`` [..., S, K], already mixed). Event shape [S, K]."""
-    import tensorflow_probability as tfp  # imported lazily: TFP is slow to import
+    try:  # imported lazily: TFP is slow to import, and optional
+        import tensorflow_probability as tfp
+    except ImportError as error:
+        raise ImportError('latent_distribution needs TensorFlow Probability: pip install '
+                          f'"rssm-tf[tfp]" ({error})') from None
 
     tfd = tfp.distributions
     return tfd.Independent(

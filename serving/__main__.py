@@ -20,7 +20,7 @@ import numpy as np
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="rssm-tf serve", description=__doc__.split("\n")[0])
     parser.add_argument("--export", required=True, help="export directory (manifest.json)")
     parser.add_argument("--backend", choices=["onnx", "litert", "savedmodel", "rest", "grpc"],
                         default="onnx", help="what runs the model (onnx)")
@@ -33,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from serving.backends import ServingError
-    from serving.client import WorldModelClient
+    from rssm_tf_serving.backends import ServingError
+    from rssm_tf_serving.client import WorldModelClient
 
     options = {"rest": {"url": args.url}, "grpc": {"target": args.target}}.get(args.backend, {})
     try:

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from serving.backends import (
+from rssm_tf_serving.backends import (
     Backend,
     GrpcBackend,
     LiteRtBackend,
@@ -52,7 +51,7 @@ def load_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 class WorldModelClient:
-    """A stateful client over one :mod:`serving.backends` backend.
+    """A stateful client over one :mod:`rssm_tf_serving.backends` backend.
 
     ``manifest``: the export's ``manifest.json`` (dict or export directory); it gives
     the sizes and the signatures' input shapes used to check every call.

@@ -12,7 +12,7 @@ protocols from the exported SavedModel:
   ``tensorflow-serving-api``.
 
 It serves the latest version under a model base path, one model, and loads it the way
-TF Serving's C++ loader does (:class:`serving.backends.SessionBackend`: the MetaGraph
+TF Serving's C++ loader does (:class:`rssm_tf_serving.backends.SessionBackend`: the MetaGraph
 in a TF1 session, variables restored by the SavedModel's restore op, tensors fed and
 fetched by SignatureDef names), so the REST and gRPC tests exercise that loading path,
 not ``tf.saved_model.load``'s. Use the real server in production: the README has its
@@ -30,8 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from serving.backends import ServingError, SessionBackend, from_tensor_proto, to_tensor_proto
+from rssm_tf_serving.backends import (
+    ServingError,
+    SessionBackend,
+    from_tensor_proto,
+    to_tensor_proto,
+)
 
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
 _STATUS = re.compile(r"^/v1/models/([^/:]+)$")

@@ -46,7 +46,7 @@ def model_path(tmp_path_factory):
 def exported(model_path, tmp_path_factory):
     """``(out, manifest)`` of ``python -m export --litert``'s work on ``model_path``
     (name "wm")."""
-    from export.exporter import export_model
+    from rssm_tf_export.exporter import export_model
 
     out = tmp_path_factory.mktemp("exported")
     return out, export_model(model_path, out, name="wm", verbose=False, litert=True)

@@ -2,7 +2,7 @@
 
 ``keras_call(model)`` runs a serving signature's inputs through the ``Rssm`` layer's
 public methods, eagerly, written here from SPEC section 6 (not through
-``export.module``), so an export test never trusts the exporter's code or its own
+``rssm_tf_export.module``), so an export test never trusts the exporter's code or its own
 ``parity.json``. ``check_against_keras`` runs parity cases through a backend and
 compares: identical ``z``, continuous outputs within 1e-5 (scaled by
 ``max(1, |value|)`` for decoded rewards).
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from rssm_tf_export.runner import load_arrays, make_cases, run_all, save_cases
 
-from export.runner import load_arrays, make_cases, run_all, save_cases
 from rssm_tf import RssmState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def run_in_tf_serving_loader(saved_model: Path, cases: dict, tmp_path: Path) -> 
     cases_path, out_path = tmp_path / "cases.npz", tmp_path / "outputs.npz"
     save_cases(cases_path, cases)
     code = ("import sys; sys.modules['rssm_tf'] = None  # importing rssm_tf now raises\n"
-            "from export.savedmodel_check import main\n"
+            "from rssm_tf_export.savedmodel_check import main\n"
             f"sys.exit(main(['--loader', 'session', {str(saved_model)!r}, "
             f"{str(cases_path)!r}, {str(out_path)!r}]))")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}

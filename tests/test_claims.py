@@ -126,7 +126,7 @@ def test_safe_mode_refuses_an_archive_with_a_lambda(tmp_path):
 def test_rest_client_retries_a_timeout_then_names_the_address():
     """A server that answers slower than the timeout: the client retries, then fails
     with a ServingError naming the address; a later fast answer is accepted."""
-    from serving.backends import RestBackend, ServingError
+    from rssm_tf_serving.backends import RestBackend, ServingError
 
     calls, delay = [], [1.0]
 

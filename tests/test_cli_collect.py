@@ -92,3 +92,54 @@ def test_collect_shows_progress_with_keras_progbar(tmp_path, capsys):
     collect("CartPole-v1", 3, tmp_path / "bar", seed=2, progress=True)
     out = capsys.readouterr().out
     assert "3/3" in out and "steps:" in out  # Progbar's count and its running value
+
+
+def test_cli_version_config_file_and_missing_extras(tmp_path, capsys, monkeypatch):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rssm-tf {metadata.version('rssm-tf')}"
+    data = tmp_path / "data"
+    collect("Pendulum-v1", 2, data, max_steps=20)
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(dict(deterministic_size=16, n_categories=4, n_classes=4,
+                                      hidden_size=16, n_blocks=2)))
+    model = tmp_path / "m.keras"
+    assert main(["train", "--data", str(data), "--model", str(model), "--steps", "2",
+                 "--batch-size", "2", "--seq-len", "8", "--config", str(config)]) == 0
+    from rssm_tf import load_world_model
+
+    assert load_world_model(model).config.deterministic_size == 16
+    capsys.readouterr()
+    for bad, words in ((str(tmp_path / "nope.json"), "no such file"),
+                       ("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object")):
+        (tmp_path / "x.keras").unlink(missing_ok=True)
+        assert main(["train", "--data", str(data), "--model", str(tmp_path / "x.keras"),
+                     "--config", bad]) == 2
+        assert words in capsys.readouterr().err
+    import rssm_tf.collect
+
+    def without_gymnasium(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'gymnasium'", name="gymnasium")
+
+    monkeypatch.setattr(rssm_tf.collect, "collect", without_gymnasium)
+    assert main(["collect", "--env", "CartPole-v1", "--episodes", "1", "--out",
+                 str(tmp_path / "c")]) == 2
+    assert 'needs gymnasium: pip install "rssm-tf[examples]"' in capsys.readouterr().err
+
+
+def test_cli_export_and_serve_subcommands(exported, model_path, tmp_path, capsys):
+    out = tmp_path / "cli-export"
+    assert main(["export", "--model", str(model_path), "--out", str(out), "--no-onnx",
+                 "--no-parity", "--name", "wm"]) == 0
+    assert (out / "saved_model" / "wm" / "1" / "saved_model.pb").is_file()
+    assert json.loads((out / "manifest.json").read_text())["name"] == "wm"
+    served, _ = exported
+    capsys.readouterr()
+    assert main(["serve", "--export", str(served), "--backend", "onnx", "--steps", "2"]) == 0
+    assert "observing 2 steps" in capsys.readouterr().out
+    assert main(["export", "--model", str(tmp_path / "missing.keras"), "--out",
+                 str(out)]) == 2
+    assert "no such model file" in capsys.readouterr().err

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import EXPORT_CONFIG
+from rssm_tf_export.__main__ import main as export_main
+from rssm_tf_export.exporter import LITERT_SIGNATURES, ONNX_SIGNATURES, ExportError, export_model
+from rssm_tf_export.module import SIGNATURES
+from rssm_tf_export.parity import onnx_call
+from rssm_tf_export.runner import make_cases, run_all, run_case
+from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
 from served import cases_for, check_against_keras, keras_call, run_in_tf_serving_loader
 
-from export.__main__ import main as export_main
-from export.exporter import LITERT_SIGNATURES, ONNX_SIGNATURES, ExportError, export_model
-from export.module import SIGNATURES
-from export.parity import onnx_call
-from export.runner import make_cases, run_all, run_case
 from rssm_tf.saving import ModelFileError, load_world_model
-from serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,7 +153,7 @@ def test_savedmodel_onnx_and_litert_compute_what_keras_does(exported, model_path
 
 
 def test_parity_check_fails_on_outputs_that_differ(exported, model_path):
-    from export.parity import compare
+    from rssm_tf_export.parity import compare
 
     model = load_world_model(model_path, compile=False)
     cases = cases_for(model)
@@ -169,15 +169,15 @@ def test_parity_check_fails_on_outputs_that_differ(exported, model_path):
 
 
 def test_export_exits_1_when_parity_fails(model_path, tmp_path, monkeypatch, capsys):
-    import export.parity
+    import rssm_tf_export.parity
 
-    real = export.parity.compare
+    real = rssm_tf_export.parity.compare
 
     def off_by_a_little(reference, other):
         return real(reference, {c: {k: v + 1e-3 if k == "h_next" else v
                                     for k, v in o.items()} for c, o in other.items()})
 
-    monkeypatch.setattr(export.parity, "compare", off_by_a_little)
+    monkeypatch.setattr(rssm_tf_export.parity, "compare", off_by_a_little)
     code = export_main(["--model", str(model_path), "--out", str(tmp_path / "o"),
                         "--no-onnx"])
     assert code == 1

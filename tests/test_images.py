@@ -211,7 +211,8 @@ def test_image_model_round_trips_through_keras_file(tmp_path):
 @pytest.fixture(scope="module")
 def image_export(tmp_path_factory):
     """A briefly trained vector+image model, exported with ONNX and parity."""
-    from export.exporter import export_model
+    from rssm_tf_export.exporter import export_model
+
     from rssm_tf.saving import save_world_model
 
     model = WorldModel(BOTH_CONFIG, seed=2)
@@ -226,11 +227,11 @@ def image_export(tmp_path_factory):
 
 def test_image_export_runs_in_tf_serving_loader_and_litert(image_export, tmp_path):
     """The CNN's weights are restored by TF Serving's loader and carried into LiteRT."""
+    from rssm_tf_export.runner import run_all
+    from rssm_tf_serving.backends import LiteRtBackend
     from served import cases_for, keras_call, run_in_tf_serving_loader
 
-    from export.runner import run_all
     from rssm_tf.saving import load_world_model
-    from serving.backends import LiteRtBackend
 
     out, _ = image_export
     model = load_world_model(out.parent / "model.keras", compile=False)
@@ -266,8 +267,8 @@ def test_image_export_parity_tf_savedmodel_onnx(image_export):
 
 
 def test_image_client_backends_agree(image_export):
-    from serving.client import WorldModelClient
-    from serving.standin import StandInServer
+    from rssm_tf_serving.client import WorldModelClient
+    from rssm_tf_serving.standin import StandInServer
 
     out, _ = image_export
     rng = np.random.default_rng(5)

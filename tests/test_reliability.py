@@ -178,7 +178,7 @@ def test_checkpoint_callback_writes_atomically(tmp_path):
 
 
 def test_corrupt_saved_model_and_onnx_are_named(tmp_path):
-    from serving.backends import OnnxBackend, SavedModelBackend, ServingError
+    from rssm_tf_serving.backends import OnnxBackend, SavedModelBackend, ServingError
 
     broken = tmp_path / "saved_model" / "1"
     broken.mkdir(parents=True)
@@ -205,7 +205,7 @@ def test_soak_memory_is_flat_and_nothing_retraces(exported):
     """10,000 obs_step calls through the SavedModel and ONNX Runtime, then a few
     hundred training steps: RSS grows by less than 64 MB after warm-up and the
     training step is not traced again after warm-up."""
-    from serving.client import WorldModelClient
+    from rssm_tf_serving.client import WorldModelClient
 
     out, _ = exported
     rng = np.random.default_rng(0)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from serving.backends import GrpcBackend, RestBackend, ServingError, SessionBackend
-from serving.client import WorldModelClient
-from serving.standin import StandInServer
+from rssm_tf_serving.backends import GrpcBackend, RestBackend, ServingError, SessionBackend
+from rssm_tf_serving.client import WorldModelClient
+from rssm_tf_serving.standin import StandInServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,7 +169,8 @@ def test_bad_inputs_are_refused_before_sending(exported):
 def test_serving_never_imports_rssm_tf_and_command_runs(exported):
     out, _ = exported
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    code = ("import sys, serving.client, serving.standin, serving.__main__ as m\n"
+    code = ("import sys, rssm_tf_serving.client, rssm_tf_serving.standin\n"
+            "import rssm_tf_serving.__main__ as m\n"
             f"rc = m.main(['--export', {str(out)!r}, '--backend', 'onnx', '--steps', '3'])\n"
             "assert 'rssm_tf' not in sys.modules, 'serving imported rssm_tf'\n"
             "sys.exit(rc)\n")
