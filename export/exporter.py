@@ -35,6 +35,8 @@ from rssm_tf.saving import load_world_model
 from rssm_tf.world_model import WorldModel
 
 OPSET = 17
+# manifest.json's layout; rssm_tf_serving.client refuses a newer one by name.
+MANIFEST_FORMAT = 1
 ONNX_SIGNATURES = tuple(s for s in SIGNATURES if s != "initial_state")
 # LiteRT: the reproducible step signatures and the heads. The sampled twins need a
 # random op and imagine a scan over a dynamic batch, which LiteRT's converter cannot
@@ -210,6 +212,7 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         for path in convert_litert(saved, litert_dir):
             files[str(path.relative_to(out))] = _sha256(path)
     manifest = {
+        "format_version": MANIFEST_FORMAT,
         "name": name, "version": version, "saved_model": str(saved.relative_to(out)),
         "config": model.config.to_dict(), "twohot": model.twohot.get_config(),
         "trained_dtype_policy": trained_policy,

@@ -45,22 +45,47 @@ def latest_version(base: Path) -> Path:
     return versions[-1][1]
 
 
+# ONNX Runtime's execution providers, fastest first; the CPU one is always there.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                       "OpenVINOExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(available: list[str], wanted: list[str] | None = None) -> list[str]:
+    """``wanted`` (each must be available), or the available ones of
+    :data:`PREFERRED_PROVIDERS` in that order (TensorRT, CUDA, OpenVINO, CPU)."""
+    if wanted is None:
+        return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
+    if isinstance(wanted, str) or not wanted:
+        raise ServingError(f"providers must be a non-empty list of ONNX Runtime provider "
+                           f"names, got {wanted!r}")
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise ServingError(f"ONNX Runtime provider(s) {missing} are not available here; "
+                           f"available: {available} (pip install \"rssm-tf[gpu]\" for "
+                           "CUDA/TensorRT)")
+    return list(wanted)
+
+
 class OnnxBackend:
     """ONNX Runtime sessions, one per signature file, opened on first use.
 
     ``threads``: intra-op threads per session; None keeps ONNX Runtime's default (one
     per core), the fastest for a single caller (batch-1 observe 0.50 ms vs 0.81 ms with
-    one thread on 2 cores); set 1 when many client threads share the machine."""
+    one thread on 2 cores); set 1 when many client threads share the machine.
+    ``providers``: ONNX Runtime execution providers in order of preference; None picks
+    TensorRT, CUDA or OpenVINO when installed, else the CPU (:func:`choose_providers`)."""
 
     name = "onnx"
 
-    def __init__(self, onnx_dir: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, onnx_dir: str | os.PathLike, threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
         self.onnx_dir = Path(onnx_dir)
         if not self.onnx_dir.is_dir():
             raise ServingError(f"{self.onnx_dir}: no ONNX directory (export with ONNX)")
         self._ort = ort
+        self.providers = choose_providers(ort.get_available_providers(), providers)
         self.options = ort.SessionOptions()
         if threads:
             self.options.intra_op_num_threads = threads
@@ -74,7 +99,7 @@ class OnnxBackend:
                 raise ServingError(f"signature {signature!r} has no ONNX file: {path}")
             try:
                 self.sessions[signature] = self._ort.InferenceSession(
-                    str(path), self.options, providers=["CPUExecutionProvider"])
+                    str(path), self.options, providers=self.providers)
             except Exception as error:  # ORT raises its own exception types
                 raise ServingError(f"{path}: ONNX Runtime cannot load it: {error}") from None
         return self.sessions[signature]
@@ -284,8 +309,27 @@ class RestBackend:
         self.url = url.rstrip("/")
         path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
         self.endpoint = f"{self.url}{path}:predict"
+        self.metadata_url = f"{self.url}{path}/metadata"
         self.timeout, self.attempts, self.backoff = timeout, retries + 1, backoff
         self.session = requests.Session()
+
+    def signatures(self) -> dict[str, dict]:
+        """The model's signatures as TF Serving reports them
+        (``GET /v1/models/NAME[/versions/V]/metadata``), in the manifest's form:
+        ``{name: {"inputs": {key: {"shape", "dtype"}}, "outputs": {...}}}``."""
+        errors = (self._requests.ConnectionError, self._requests.Timeout)
+        response = _retrying(self.url, self.attempts, self.backoff,
+                             lambda: self.session.get(self.metadata_url,
+                                                      timeout=self.timeout), errors)
+        if response.status_code != 200:
+            raise ServingError(f"TF Serving at {self.metadata_url}: no metadata (HTTP "
+                               f"{response.status_code}): {response.text[:500]}")
+        defs = response.json()["metadata"]["signature_def"]["signature_def"]
+        return {name: {part: {key: {"dtype": _dtype_name(t["dtype"]),
+                                    "shape": _json_shape(t.get("tensor_shape", {}))}
+                              for key, t in sig.get(part, {}).items()}
+                       for part in ("inputs", "outputs")}
+                for name, sig in defs.items() if not name.startswith("__")}
 
     def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         body = json.dumps({"signature_name": signature,
@@ -355,38 +399,84 @@ class GrpcBackend:
         response = _retrying(self.target, self.attempts, self.backoff, once, (Retry,))
         return {k: from_tensor_proto(v) for k, v in response.outputs.items()}
 
+    def signatures(self) -> dict[str, dict]:
+        """The model's signatures from ``PredictionService.GetModelMetadata``
+        (``signature_def``), in the manifest's form (see :meth:`RestBackend.signatures`)."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model
+        if self.version:
+            request.model_spec.version.value = self.version
+        request.metadata_field.append("signature_def")
+        grpc = self._grpc
+
+        class Retry(Exception):
+            pass
+
+        def once():
+            try:
+                return self.stub.GetModelMetadata(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                if error.code() in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise Retry(error.details()) from None
+                raise ServingError(f"TF Serving at {self.target}: no metadata for model "
+                                   f"{self.model!r} ({error.code().name}): "
+                                   f"{error.details()}") from None
+
+        response = _retrying(self.target, self.attempts, self.backoff, once, (Retry,))
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(defs)
+        return {name: {part: {key: {"dtype": _dtype_name(t.dtype),
+                                    "shape": [None if d.size < 0 else d.size
+                                              for d in t.tensor_shape.dim]}
+                              for key, t in getattr(sig, part).items()}
+                       for part in ("inputs", "outputs")}
+                for name, sig in defs.signature_def.items() if not name.startswith("__")}
+
     def close(self) -> None:
         self.channel.close()
 
 
-# TensorFlow's DataType enum: DT_FLOAT, DT_INT32, DT_UINT8 (images)
-_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 3, np.dtype(np.uint8): 4}
+# The dtypes the serving signatures use: float32 tensors, int32 batch sizes, uint8 images.
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8))
 
 
 def to_tensor_proto(array: np.ndarray) -> Any:
-    """A ``TensorProto`` of a float32, int32 or uint8 array (raw little-endian content;
-    other dtypes are sent as float32)."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+    """A ``TensorProto`` of a float32, int32 or uint8 array, made by TensorFlow's own
+    ``tf.make_tensor_proto``. Other dtypes are refused, not cast: the signatures take
+    exactly these, and a silent cast would hide a caller's mistake."""
+    import tensorflow as tf
 
-    array = np.ascontiguousarray(array)
-    if array.dtype not in _DTYPES:
-        array = array.astype(np.float32)
-    shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape])
-    return tensor_pb2.TensorProto(dtype=_DTYPES[array.dtype], tensor_shape=shape,
-                                  tensor_content=array.astype(array.dtype.newbyteorder("<"))
-                                  .tobytes())
+    array = np.asarray(array)
+    if array.dtype not in SUPPORTED_DTYPES:
+        raise ServingError(f"unsupported dtype {array.dtype} for a serving tensor; the "
+                           "signatures take float32, int32 and uint8")
+    return tf.make_tensor_proto(array)
 
 
 def from_tensor_proto(proto: Any) -> np.ndarray:
-    """The array of a float32/int32/uint8 ``TensorProto`` (raw content or value lists)."""
-    dtype = {code: d.type for d, code in _DTYPES.items()}.get(proto.dtype)
-    if dtype is None:
-        raise ServingError(f"unsupported tensor dtype {proto.dtype} in a response")
-    shape = [d.size for d in proto.tensor_shape.dim]
-    if proto.tensor_content:
-        return np.frombuffer(proto.tensor_content, dtype=np.dtype(dtype).newbyteorder("<")
-                             ).astype(dtype).reshape(shape)
-    values = proto.float_val if dtype is np.float32 else proto.int_val
-    array = np.asarray(values, dtype)
-    return np.broadcast_to(array, shape).copy() if array.size == 1 else array.reshape(shape)
+    """The array of a float32/int32/uint8 ``TensorProto`` (``tf.make_ndarray``)."""
+    import tensorflow as tf
+
+    array = tf.make_ndarray(proto)
+    if array.dtype not in SUPPORTED_DTYPES:
+        raise ServingError(f"unsupported tensor dtype {array.dtype} in a message; "
+                           "expected float32, int32 or uint8")
+    return array
+
+
+def _dtype_name(dtype: int | str) -> str:
+    """A ``DataType`` (enum number, or its JSON name ``"DT_FLOAT"``) as numpy's name."""
+    from tensorflow import dtypes
+    from tensorflow.core.framework import types_pb2
+
+    code = types_pb2.DataType.Value(dtype) if isinstance(dtype, str) else dtype
+    return dtypes.as_dtype(code).name
+
+
+def _json_shape(shape: dict) -> list[int | None]:
+    """A ``TensorShapeProto`` in JSON (sizes as strings, -1 unknown) as a list."""
+    return [None if int(d.get("size", -1)) < 0 else int(d["size"])
+            for d in shape.get("dim", [])]

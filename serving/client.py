@@ -39,15 +39,42 @@ from rssm_tf_serving.backends import (
 BACKENDS = ("onnx", "litert", "savedmodel", "rest", "grpc")
 
 
+# The manifest layout this client reads; an export's manifest.json says which it has.
+MANIFEST_FORMAT = 1
+
+
 def load_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(export_dir) / "manifest.json"
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ServingError(f"{path}: no manifest; is {export_dir} an export directory "
-                           "(python -m export --out ...)?") from None
+                           "(rssm-tf export --out ...)?") from None
     except json.JSONDecodeError as error:
         raise ServingError(f"{path}: not valid JSON: {error}") from None
+    found = manifest.get("format_version", 1)
+    if not isinstance(found, int) or found > MANIFEST_FORMAT:
+        raise ServingError(f"{path}: manifest format_version {found!r} is newer than this "
+                           f"client reads ({MANIFEST_FORMAT}); upgrade rssm-tf")
+    return manifest
+
+
+def manifest_from_signatures(name: str, signatures: dict[str, dict]) -> dict[str, Any]:
+    """A manifest for a model known only by its served signatures (TF Serving's
+    metadata): the sizes are read off the input shapes of ``obs_step_noise``."""
+    try:
+        inputs = signatures["obs_step_noise"]["inputs"]
+        _, groups, classes = inputs["noise"]["shape"]
+        config = {"deterministic_size": inputs["h"]["shape"][1],
+                  "n_categories": groups, "n_classes": classes,
+                  "action_dim": inputs["action"]["shape"][1],
+                  "obs_dim": inputs["obs"]["shape"][1] if "obs" in inputs else 0,
+                  "image_shape": inputs["image"]["shape"][1:] if "image" in inputs else None}
+    except (KeyError, ValueError, IndexError, TypeError):
+        raise ServingError(f"model {name!r}: its signatures are not an rssm_tf export's "
+                           f"(found {sorted(signatures)})") from None
+    return {"format_version": MANIFEST_FORMAT, "name": name, "config": config,
+            "signatures": signatures}
 
 
 class WorldModelClient:
@@ -93,6 +120,21 @@ class WorldModelClient:
         else:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         return cls(impl, manifest)
+
+    @classmethod
+    def from_server(cls, backend: str = "grpc", model: str = "rssm",
+                    **options: Any) -> WorldModelClient:
+        """A client for a model TF Serving serves, without its export directory: the
+        signatures (and so the sizes every call is checked against) come from the
+        server's metadata (``GET /v1/models/NAME/metadata`` or ``GetModelMetadata``).
+        ``backend``: ``rest`` (``url=``) or ``grpc`` (``target=``)."""
+        if backend == "rest":
+            impl: Any = RestBackend(model=model, **options)
+        elif backend == "grpc":
+            impl = GrpcBackend(model=model, **options)
+        else:
+            raise ValueError(f"from_server takes backend 'rest' or 'grpc', got {backend!r}")
+        return cls(impl, manifest_from_signatures(model, impl.signatures()))
 
     # ---------------------------------------------------------------- state
     @property

@@ -5,11 +5,12 @@ repositories), so where it is not installed this small server answers the same t
 protocols from the exported SavedModel:
 
 - REST: ``POST /v1/models/{name}[/versions/{v}]:predict`` with ``signature_name`` and
-  columnar ``inputs``; ``GET /v1/models/{name}`` for the version status. Errors come
+  columnar ``inputs``; ``GET /v1/models/{name}`` for the version status;
+  ``GET /v1/models/{name}[/versions/{v}]/metadata`` for the signatures. Errors come
   back as ``{"error": ...}`` with 404 for an unknown model or signature, 400 for bad
   inputs, as TF Serving does.
-- gRPC: ``tensorflow.serving.PredictionService/Predict`` with the real protos from
-  ``tensorflow-serving-api``.
+- gRPC: ``tensorflow.serving.PredictionService/Predict`` and ``/GetModelMetadata``
+  (``signature_def``) with the real protos from ``tensorflow-serving-api``.
 
 It serves the latest version under a model base path, one model, and loads it the way
 TF Serving's C++ loader does (:class:`rssm_tf_serving.backends.SessionBackend`: the MetaGraph
@@ -39,6 +40,7 @@ from rssm_tf_serving.backends import (
 
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
 _STATUS = re.compile(r"^/v1/models/([^/:]+)$")
+_METADATA = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?/metadata$")
 
 
 class StandInServer:
@@ -61,10 +63,7 @@ class StandInServer:
     # --------------------------------------------------------------- serving
     def predict(self, name: str, version: int | None, signature: str,
                 inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if name != self.name or (version is not None and version != self.version):
-            raise LookupError(f"Servable not found for request: "
-                              f"{'Specific' if version else 'Latest'}({name}"
-                              f"{', ' + str(version) if version else ''})")
+        self._check_model(name, version)
         signature = signature or "serving_default"
         if signature not in self.backend.signatures:
             raise LookupError(f"Serving signature name: \"{signature}\" not found in "
@@ -77,6 +76,22 @@ class StandInServer:
         inputs = {k: np.asarray(v, specs[k][0]) for k, v in inputs.items()}
         with self.lock:
             return self.backend.call(signature, inputs)
+
+    def signature_map(self, name: str, version: int | None) -> Any:
+        """The ``SignatureDefMap`` TF Serving's metadata call reports."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        self._check_model(name, version)
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        for key, sig in self.backend.signature_defs.items():
+            defs.signature_def[key].CopyFrom(sig)
+        return defs
+
+    def _check_model(self, name: str, version: int | None) -> None:
+        if name != self.name or (version is not None and version != self.version):
+            raise LookupError(f"Servable not found for request: "
+                              f"{'Specific' if version else 'Latest'}({name}"
+                              f"{', ' + str(version) if version else ''})")
 
     def start(self) -> StandInServer:
         self._start_rest()
@@ -126,6 +141,21 @@ class StandInServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                meta = _METADATA.match(self.path)
+                if meta:
+                    from google.protobuf import json_format
+
+                    version = int(meta.group(2)) if meta.group(2) else None
+                    try:
+                        defs = server.signature_map(meta.group(1), version)
+                    except LookupError as error:
+                        return self._reply(404, {"error": str(error)})
+                    body = json_format.MessageToDict(defs, preserving_proto_field_name=True)
+                    body["@type"] = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+                    return self._reply(200, {
+                        "model_spec": {"name": server.name, "signature_name": "",
+                                       "version": str(server.version)},
+                        "metadata": {"signature_def": body}})
                 match = _STATUS.match(self.path)
                 if not match or match.group(1) != server.name:
                     return self._reply(404, {"error": f"Could not find any versions of "
@@ -158,7 +188,11 @@ class StandInServer:
     # ------------------------------------------------------------------ gRPC
     def _start_grpc(self) -> None:
         import grpc
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import (
+            get_model_metadata_pb2,
+            predict_pb2,
+            prediction_service_pb2_grpc,
+        )
 
         server = self
 
@@ -179,6 +213,23 @@ class StandInServer:
                 response.model_spec.signature_name = spec.signature_name or "serving_default"
                 for key, value in out.items():
                     response.outputs[key].CopyFrom(to_tensor_proto(np.asarray(value)))
+                return response
+
+            def GetModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+                spec = request.model_spec
+                version = spec.version.value if spec.HasField("version") else None
+                if list(request.metadata_field) != ["signature_def"]:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  "Metadata field(s) other than signature_def are not "
+                                  f"supported: {list(request.metadata_field)}")
+                try:
+                    defs = server.signature_map(spec.name, version)
+                except LookupError as error:
+                    context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = server.name
+                response.model_spec.version.value = server.version
+                response.metadata["signature_def"].Pack(defs)
                 return response
 
         options = [("grpc.max_send_message_length", 256 << 20),

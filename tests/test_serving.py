@@ -223,7 +223,79 @@ def test_against_real_tensorflow_model_server(exported, clients):
                 for key in a:
                     np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0,
                                                err_msg=name)
+            where = {"url": url} if name == "rest" else {"target": target}
+            remote = WorldModelClient.from_server(name, model="wm", **where)
+            assert remote.manifest["signatures"]["predict"]["outputs"]["reward"]["dtype"] \
+                == "float32"
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_client_reads_the_signatures_from_the_server(exported, server, clients, protocol):
+    """No export directory: TF Serving's metadata call gives the signatures."""
+    out, manifest = exported
+    where = {"url": server.rest_url} if protocol == "rest" else \
+        {"target": server.grpc_target}
+    client = WorldModelClient.from_server(protocol, model="wm", **where)
+    assert client.manifest["signatures"]["obs_step_noise"] == \
+        manifest["signatures"]["obs_step_noise"]
+    assert (client.deter, client.groups, client.classes, client.obs_dim, client.action_dim) \
+        == (32, 4, 4, 4, 2)
+    data = episode(client, seed=8)
+    reference, trace = rollout(clients["onnx"], data, "noise"), rollout(client, data, "noise")
+    for a, b in zip(reference, trace):
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0, err_msg=key)
+    with pytest.raises(ServingError, match="nope"):
+        WorldModelClient.from_server(protocol, model="nope", retries=0, **where)
+
+
+def test_tensor_protos_are_tensorflows_and_other_dtypes_are_refused():
+    import tensorflow as tf
+
+    from rssm_tf_serving.backends import from_tensor_proto, to_tensor_proto
+
+    for array in (np.arange(6, dtype=np.float32).reshape(2, 3),
+                  np.array(3, np.int32), np.full((1, 2, 2, 1), 255, np.uint8)):
+        proto = to_tensor_proto(array)
+        assert proto == tf.make_tensor_proto(array)
+        back = from_tensor_proto(proto)
+        assert back.dtype == array.dtype
+        np.testing.assert_array_equal(back, array)
+    with pytest.raises(ServingError, match="unsupported dtype float64"):
+        to_tensor_proto(np.zeros(2))
+    with pytest.raises(ServingError, match="unsupported tensor dtype int64"):
+        from_tensor_proto(tf.make_tensor_proto(np.zeros(2, np.int64)))
+
+
+def test_onnx_runtime_providers_are_chosen_and_checked(exported):
+    from rssm_tf_serving.backends import OnnxBackend, choose_providers
+
+    assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider",
+                             "TensorrtExecutionProvider"]) == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    out, _ = exported
+    backend = OnnxBackend(out / "onnx", providers=["CPUExecutionProvider"])
+    assert backend.call("predict", {"h": np.zeros((1, 32), "f"),
+                                    "z": np.zeros((1, 16), "f")})["reward"].shape == (1,)
+    assert backend.sessions["predict"].get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(ServingError, match=r"provider\(s\) \['CUDAExecutionProvider'\] are "
+                                           "not available"):
+        OnnxBackend(out / "onnx", providers=["CUDAExecutionProvider"])
+    client = WorldModelClient.from_export(out, "onnx", providers=["CPUExecutionProvider"])
+    assert client.backend.providers == ["CPUExecutionProvider"]
+
+
+def test_manifest_carries_its_format_version(exported, tmp_path):
+    import json
+
+    out, manifest = exported
+    assert manifest["format_version"] == 1
+    newer = {**manifest, "format_version": 2}
+    (tmp_path / "manifest.json").write_text(json.dumps(newer))
+    with pytest.raises(ServingError, match="format_version 2 is newer than this client"):
+        WorldModelClient.from_export(tmp_path, "onnx")
