@@ -255,7 +255,6 @@ def test_client_reads_the_signatures_from_the_server(exported, server, clients, 
 
 def test_tensor_protos_are_tensorflows_and_other_dtypes_are_refused():
     import tensorflow as tf
-
     from rssm_tf_serving.backends import from_tensor_proto, to_tensor_proto
 
     for array in (np.arange(6, dtype=np.float32).reshape(2, 3),
