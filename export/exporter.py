@@ -198,19 +198,21 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
     log = print if verbose else (lambda *a, **k: None)
     log(f"export: writing SavedModel version {version} to {model_dir}")
     saved = save_version(module, model_dir, version)
-    files = {str(p.relative_to(out)): _sha256(p) for p in sorted(saved.rglob("*")) if p.is_file()}
-    onnx_dir = None
+    files: dict[str, str] = {}
+
+    def record(paths: list[Path]) -> None:
+        files.update({str(p.relative_to(out)): _sha256(p) for p in paths})
+
+    record([p for p in sorted(saved.rglob("*")) if p.is_file()])
+    onnx_dir = litert_dir = None
     if onnx:
         log(f"export: converting {len(ONNX_SIGNATURES)} signatures to ONNX (opset {OPSET})")
         onnx_dir = out / "onnx"
-        for path in convert_onnx(saved, onnx_dir):
-            files[str(path.relative_to(out))] = _sha256(path)
-    litert_dir = None
+        record(convert_onnx(saved, onnx_dir))
     if litert:
         log(f"export: converting {len(LITERT_SIGNATURES)} signatures to LiteRT")
         litert_dir = out / "litert"
-        for path in convert_litert(saved, litert_dir):
-            files[str(path.relative_to(out))] = _sha256(path)
+        record(convert_litert(saved, litert_dir))
     manifest = {
         "format_version": MANIFEST_FORMAT,
         "name": name, "version": version, "saved_model": str(saved.relative_to(out)),

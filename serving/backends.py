@@ -372,31 +372,18 @@ class GrpcBackend:
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 
     def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request = self._predict_pb2.PredictRequest()
-        request.model_spec.name = self.model
+        request = self._spec(self._predict_pb2.PredictRequest())
         request.model_spec.signature_name = signature
-        if self.version:
-            request.model_spec.version.value = self.version
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(to_tensor_proto(value))
-        grpc = self._grpc
 
-        class Retry(Exception):
-            pass
+        def refused(error: Any) -> str:
+            kind = "model or signature not found" if error.code() == \
+                self._grpc.StatusCode.NOT_FOUND else "request refused"
+            return (f"TF Serving at {self.target} ({signature}): {kind} "
+                    f"({error.code().name}): {error.details()}")
 
-        def once():
-            try:
-                return self.stub.Predict(request, timeout=self.timeout)
-            except grpc.RpcError as error:
-                if error.code() in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise Retry(error.details()) from None
-                kind = "model or signature not found" if error.code() == \
-                    grpc.StatusCode.NOT_FOUND else "request refused"
-                raise ServingError(f"TF Serving at {self.target} ({signature}): {kind} "
-                                   f"({error.code().name}): {error.details()}") from None
-
-        response = _retrying(self.target, self.attempts, self.backoff, once, (Retry,))
+        response = self._rpc(self.stub.Predict, request, refused)
         return {k: from_tensor_proto(v) for k, v in response.outputs.items()}
 
     def signatures(self) -> dict[str, dict]:
@@ -404,28 +391,14 @@ class GrpcBackend:
         (``signature_def``), in the manifest's form (see :meth:`RestBackend.signatures`)."""
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        request = get_model_metadata_pb2.GetModelMetadataRequest()
-        request.model_spec.name = self.model
-        if self.version:
-            request.model_spec.version.value = self.version
+        request = self._spec(get_model_metadata_pb2.GetModelMetadataRequest())
         request.metadata_field.append("signature_def")
-        grpc = self._grpc
 
-        class Retry(Exception):
-            pass
+        def refused(error: Any) -> str:
+            return (f"TF Serving at {self.target}: no metadata for model {self.model!r} "
+                    f"({error.code().name}): {error.details()}")
 
-        def once():
-            try:
-                return self.stub.GetModelMetadata(request, timeout=self.timeout)
-            except grpc.RpcError as error:
-                if error.code() in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise Retry(error.details()) from None
-                raise ServingError(f"TF Serving at {self.target}: no metadata for model "
-                                   f"{self.model!r} ({error.code().name}): "
-                                   f"{error.details()}") from None
-
-        response = _retrying(self.target, self.attempts, self.backoff, once, (Retry,))
+        response = self._rpc(self.stub.GetModelMetadata, request, refused)
         defs = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(defs)
         return {name: {part: {key: {"dtype": _dtype_name(t.dtype),
@@ -434,6 +407,32 @@ class GrpcBackend:
                               for key, t in getattr(sig, part).items()}
                        for part in ("inputs", "outputs")}
                 for name, sig in defs.signature_def.items() if not name.startswith("__")}
+
+    def _spec(self, request: Any) -> Any:
+        """``request`` with its ``model_spec`` naming this model (and version)."""
+        request.model_spec.name = self.model
+        if self.version:
+            request.model_spec.version.value = self.version
+        return request
+
+    def _rpc(self, method: Any, request: Any, refused: Any) -> Any:
+        """``method(request)``; ``UNAVAILABLE`` and deadline errors are retried, any
+        other error is a :class:`ServingError` with ``refused(error)``'s message."""
+        grpc = self._grpc
+
+        class Retry(Exception):
+            pass
+
+        def once():
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                if error.code() in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise Retry(error.details()) from None
+                raise ServingError(refused(error)) from None
+
+        return _retrying(self.target, self.attempts, self.backoff, once, (Retry,))
 
     def close(self) -> None:
         self.channel.close()

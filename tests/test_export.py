@@ -169,21 +169,28 @@ def test_parity_check_fails_on_outputs_that_differ(exported, model_path):
 
 
 def test_export_exits_1_when_parity_fails(model_path, tmp_path, monkeypatch, capsys):
+    import rssm_tf_export.exporter
     import rssm_tf_export.parity
 
-    real = rssm_tf_export.parity.compare
+    real_compare, real_report = (rssm_tf_export.parity.compare,
+                                 rssm_tf_export.exporter.parity_report)
 
     def off_by_a_little(reference, other):
-        return real(reference, {c: {k: v + 1e-3 if k == "h_next" else v
-                                    for k, v in o.items()} for c, o in other.items()})
+        return real_compare(reference, {c: {k: v + 1e-3 if k == "h_next" else v
+                                            for k, v in o.items()} for c, o in other.items()})
+
+    def in_process_only(module, saved, onnx_dir, **kwargs):  # skip the fresh processes
+        return real_report(module, None, onnx_dir, **kwargs)
 
     monkeypatch.setattr(rssm_tf_export.parity, "compare", off_by_a_little)
+    monkeypatch.setattr(rssm_tf_export.exporter, "parity_report", in_process_only)
     code = export_main(["--model", str(model_path), "--out", str(tmp_path / "o"),
                         "--no-onnx"])
     assert code == 1
     assert "parity check FAILED" in capsys.readouterr().err
     report = json.loads((tmp_path / "o" / "parity.json").read_text())
-    assert not report["passed"] and not report["backends"]["savedmodel_session"]["passed"]
+    assert not report["passed"] and not report["backends"]["function"]["passed"]
+    assert report["backends"]["function"]["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
 
 
 def test_rollouts_equal_between_savedmodel_and_onnx_runtime(exported):

@@ -63,7 +63,7 @@ def test_two_seeded_runs_are_bit_identical(op_determinism):
         np.testing.assert_array_equal(a, b)
 
 
-def test_default_xla_path_is_bit_identical_and_resumes_exactly(tmp_path):
+def test_default_xla_path_is_bit_identical_and_resumes_within_rounding(tmp_path):
     """compile()'s defaults (XLA on, no op determinism): two seeded runs of 20 updates
     end with the same weights. A run resumed from its .keras file ends within float32
     rounding of the uninterrupted one (XLA recompiles the reloaded model; measured:
@@ -83,16 +83,15 @@ def test_default_xla_path_is_bit_identical_and_resumes_exactly(tmp_path):
 
     a, b = fresh(), fresh()
     for model in (a, b):
-        model.fit(data(), steps_per_epoch=20, verbose=0)
+        model.fit(data(), epochs=2, steps_per_epoch=10, verbose=0)
     for x, y in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(x, y)
-    first = fresh()
-    first.fit(data(), epochs=2, steps_per_epoch=10, verbose=0)  # the same 20 batches
     half = fresh()
     half.fit(data().take(10), steps_per_epoch=10, verbose=0)
     path = save_world_model(half, tmp_path / "half.keras")
     resumed = load_world_model(path)
     resumed.fit(data().skip(10), steps_per_epoch=10, verbose=0)
+    first = a  # the same 20 batches without the interruption
     worst = max(float(np.abs(x - y).max())
                 for x, y in zip(first.get_weights(), resumed.get_weights()))
     assert worst < 1e-6, worst
