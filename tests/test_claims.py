@@ -94,10 +94,8 @@ def test_check_numerics_off_lets_nan_through_and_non_finite_guard_stops_fit():
     with pytest.raises(NonFiniteMetricError, match=r"became nan at epoch 1, batch 3"):
         model.fit(data, callbacks=[NonFiniteGuard(), Count()], verbose=0)
     assert seen == [0, 1]  # the guard ran first on batch 3 and fit stopped there
-    checked = WorldModel(SMALL)  # the default refuses the batch by name instead
-    checked.compile()
-    with pytest.raises(tf.errors.InvalidArgumentError, match="obs contains NaN"):
-        checked.fit(poisoned, verbose=0)
+    # (the default, check_numerics=True, refuses such a batch by name:
+    # test_world_model.py::test_nan_in_fit_data_is_named_in_compiled_step)
 
 
 def test_xla_is_off_for_image_models_on_cpu_and_on_for_vectors():

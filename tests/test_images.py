@@ -1,7 +1,6 @@
 """Image observations: the convolutional encoder and decoder, uint8 episodes, fitting
 on pixels, export parity and serving of an image model."""
 
-import json
 import subprocess
 import sys
 
@@ -210,7 +209,9 @@ def test_image_model_round_trips_through_keras_file(tmp_path):
 # ---------------------------------------------------------------- export / serving
 @pytest.fixture(scope="module")
 def image_export(tmp_path_factory):
-    """A briefly trained vector+image model, exported with ONNX and parity."""
+    """A briefly trained vector+image model, exported with ONNX and LiteRT. Its parity is
+    checked by the tests below against the Keras model (the exporter's own report is
+    tested on the vector model's export)."""
     from rssm_tf_export.exporter import export_model
 
     from rssm_tf.saving import save_world_model
@@ -222,13 +223,14 @@ def image_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("image_export")
     path = save_world_model(model, root / "model.keras")
     return root / "out", export_model(path, root / "out", name="pix", verbose=False,
-                                      litert=True)
+                                      litert=True, parity=False)
 
 
-def test_image_export_runs_in_tf_serving_loader_and_litert(image_export, tmp_path):
-    """The CNN's weights are restored by TF Serving's loader and carried into LiteRT."""
+def test_image_export_computes_what_keras_does_on_every_backend(image_export, tmp_path):
+    """The CNN's weights are restored by TF Serving's loader and carried into the
+    SavedModel, ONNX and LiteRT: each against the Keras model run in this test."""
     from rssm_tf_export.runner import run_all
-    from rssm_tf_serving.backends import LiteRtBackend
+    from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
     from served import cases_for, keras_call, run_in_tf_serving_loader
 
     from rssm_tf.saving import load_world_model
@@ -238,8 +240,10 @@ def test_image_export_runs_in_tf_serving_loader_and_litert(image_export, tmp_pat
     cases = cases_for(model, seed=3)
     reference = run_all(keras_call(model), cases)
     served = run_in_tf_serving_loader(out / "saved_model" / "pix" / "1", cases, tmp_path)
-    lite = run_all(LiteRtBackend(out / "litert").call, cases)
-    for what, outputs in (("session", served), ("litert", lite)):
+    others = {"litert": LiteRtBackend(out / "litert"), "onnx": OnnxBackend(out / "onnx"),
+              "savedmodel": SavedModelBackend(out / "saved_model" / "pix")}
+    for what, outputs in (("session", served),
+                          *((k, run_all(b.call, cases)) for k, b in others.items())):
         for case, ref in reference.items():
             for key, value in ref.items():
                 if key.startswith("z_"):
@@ -249,16 +253,11 @@ def test_image_export_runs_in_tf_serving_loader_and_litert(image_export, tmp_pat
                                                rtol=1e-5, err_msg=f"{what} {case} {key}")
 
 
-def test_image_export_parity_tf_savedmodel_onnx(image_export):
+def test_image_export_signatures_take_uint8_pixels(image_export):
     out, manifest = image_export
     inputs = manifest["signatures"]["obs_step_noise"]["inputs"]
     assert inputs["image"] == {"dtype": "uint8", "shape": [None, 16, 16, 1]}
     assert inputs["obs"] == {"dtype": "float32", "shape": [None, 3]}
-    report = json.loads((out / "parity.json").read_text())
-    assert report["passed"] and set(report["backends"]) == {
-        "function", "xla", "savedmodel", "savedmodel_session", "onnx", "litert"}
-    for backend in report["backends"].values():
-        assert backend["z_identical"] and backend["max_abs_diff"] <= 1e-5
     shown = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
                             "show", "--dir", str(out / "saved_model" / "pix" / "1"),
                             "--tag_set", "serve", "--signature_def", "obs_step"],
