@@ -35,18 +35,10 @@ from rssm_tf.scan import observe_scan
 from rssm_tf.validation import (
     as_float_tensor,
     as_image_tensor,
-    check_finite,
     check_same,
     check_shape,
+    eager_finite,
 )
-
-
-def eager_finite(name: str, tensor: tf.Tensor) -> tf.Tensor:
-    """``tensor``, after a ``ValueError`` naming it if it holds NaN/Inf, when called
-    eagerly (a user stepping the layer by hand). Inside graphs the layer adds no check
-    (the training step checks its batch behind ``WorldModel(check_numerics=...)``, the
-    serving client checks before sending)."""
-    return check_finite(name, tensor) if tf.executing_eagerly() else tensor
 
 
 class RssmState(NamedTuple):

@@ -76,3 +76,11 @@ def check_finite(name: str, tensor: tf.Tensor) -> tf.Tensor:
             raise ValueError(f"{name} contains NaN or Inf values")
         return tensor
     return tf.debugging.assert_all_finite(tensor, f"{name} contains NaN or Inf values")
+
+
+def eager_finite(name: str, tensor: tf.Tensor) -> tf.Tensor:
+    """``tensor``, after a ``ValueError`` naming it if it holds NaN/Inf, when called
+    eagerly (a user stepping a layer by hand). Inside graphs it adds no check: the
+    training step checks its batch behind ``WorldModel(check_numerics=...)``, and the
+    serving client checks before sending."""
+    return check_finite(name, tensor) if tf.executing_eagerly() else tensor
