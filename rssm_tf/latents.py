@@ -70,12 +70,6 @@ def gumbel(noise: tf.Tensor) -> tf.Tensor:
     return -tf.math.log(-tf.math.log(noise))
 
 
-def gumbel_onehot(logits: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
-    """One-hot of ``argmax(logits - log(-log(noise)))``; ``noise`` uniform in (0, 1),
-    same shape as ``logits`` [..., K]. Float32 result."""
-    return mode_onehot(tf.cast(logits, "float32") + gumbel(noise))
-
-
 def mode_onehot(logits: tf.Tensor) -> tf.Tensor:
     """One-hot of the most likely class, [..., K] -> [..., K] float32."""
     k = logits.shape[-1]
