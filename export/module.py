@@ -9,7 +9,17 @@ imagine_step       h, z, action                          h_next, z_next, prior_l
 predict            h, z                                  reward, reward_logits, continue_prob,
                                                          continue_logits
 imagine            h, z, actions [B, T, A]               h_seq, z_seq, reward, continue_prob
+plan_continuous    h, z, noise [I, B, N, H, A], top_k,   action [B, A], plan [B, H, A],
+                   discount, low [A], high [A]           elite_return [B], returns [B, N]
+plan_discrete      h, z, noise [I, B, N, H, A], top_k,   action [B, A] (one-hot), plan [B, H, A]
+                   discount                              (probabilities), elite_return,
+                                                         returns
 =================  ====================================  ==========================================
+
+The ``plan_*`` signatures are the cross-entropy planner of :mod:`rssm_tf.planning` (the
+same function the Keras ``Planner`` compiles): ``noise`` standard normal (continuous)
+or uniform in (0, 1) (discrete) sets I iterations of N candidates of horizon H;
+``top_k`` int32 [], ``discount`` float32 [].
 
 Each stochastic signature ``X`` has ``X_mode`` (argmax) and ``X_noise`` (extra input
 ``noise`` uniform in (0, 1), [B, S, K] or [B, T, S, K] for ``imagine``; Gumbel-max).
@@ -26,11 +36,14 @@ from typing import Any
 import tensorflow as tf
 
 from rssm_tf import RssmState
+from rssm_tf.planning import cem, rssm_rollout
 from rssm_tf.world_model import WorldModel
 
 STOCHASTIC = ("obs_step", "imagine_step", "imagine")
+PLAN_SIGNATURES = ("plan_continuous", "plan_discrete")
 SIGNATURES = ("initial_state", "predict") + tuple(
-    f"{name}{suffix}" for name in STOCHASTIC for suffix in ("", "_mode", "_noise"))
+    f"{name}{suffix}" for name in STOCHASTIC for suffix in ("", "_mode", "_noise")) \
+    + PLAN_SIGNATURES
 
 
 class InferenceModule(tf.Module):
@@ -64,6 +77,12 @@ class InferenceModule(tf.Module):
             "noise": tf.TensorSpec([None, c.n_categories, c.n_classes], f32, name="noise"),
             "noise_seq": tf.TensorSpec([None, None, c.n_categories, c.n_classes], f32,
                                        name="noise"),
+            "plan_noise": tf.TensorSpec([None, None, None, None, c.action_dim], f32,
+                                        name="noise"),
+            "top_k": tf.TensorSpec([], tf.int32, name="top_k"),
+            "discount": tf.TensorSpec([], f32, name="discount"),
+            "low": tf.TensorSpec([c.action_dim], f32, name="low"),
+            "high": tf.TensorSpec([c.action_dim], f32, name="high"),
         }
         if c.image_shape:
             self.specs["image"] = tf.TensorSpec([None, *c.image_shape], tf.uint8, name="image")
@@ -106,6 +125,14 @@ class InferenceModule(tf.Module):
         return {"h_seq": states.h, "z_seq": states.z, "reward": out["reward"],
                 "continue_prob": out["continue_prob"]}
 
+    def plan_continuous(self, h, z, noise, top_k, discount, low, high
+                        ) -> dict[str, tf.Tensor]:
+        return cem(rssm_rollout(self.rssm), h, z, noise, top_k, discount, "continuous",
+                   low, high)
+
+    def plan_discrete(self, h, z, noise, top_k, discount) -> dict[str, tf.Tensor]:
+        return cem(rssm_rollout(self.rssm), h, z, noise, top_k, discount, "discrete")
+
     # ----------------------------------------------------------- signatures
     def function(self, name: str) -> tuple[Any, list[tf.TensorSpec]]:
         """``(fn, specs)`` of a signature: ``fn(**inputs) -> outputs`` (plain Python,
@@ -115,6 +142,11 @@ class InferenceModule(tf.Module):
             return self.initial_state, [tf.TensorSpec([], tf.int32, name="batch_size")]
         if name == "predict":
             return self.predict, [s["h"], s["z"]]
+        if name in PLAN_SIGNATURES:
+            specs = [s["h"], s["z"], s["plan_noise"], s["top_k"], s["discount"]]
+            if name == "plan_continuous":
+                specs += [s["low"], s["high"]]
+            return getattr(self, name), specs
         base = name.removesuffix("_mode").removesuffix("_noise")
         if base not in STOCHASTIC or name not in SIGNATURES:
             raise ValueError(f"unknown signature {name!r}; expected one of {SIGNATURES}")

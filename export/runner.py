@@ -21,7 +21,8 @@ Call = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: int = 15,
                seed: int = 0) -> dict[str, dict]:
-    """Random inputs for every deterministic signature and two multi-step rollouts.
+    """Random inputs for every deterministic signature (the planners: one iteration of
+    12 candidates of 4 steps) and two multi-step rollouts.
 
     ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``obs_dim``
     (0: no vector), ``action_dim`` and ``image_shape`` (absent or None: no image;
@@ -53,7 +54,18 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
              **observation(rollout, batch),
              "noise": f32(rng.uniform(0.001, 0.999, (rollout, batch, s, k)))}
     zeros = {"h": np.zeros_like(h), "z": np.zeros_like(z)}
+    # One iteration keeping all 12 candidates (horizon 4): the outputs are then smooth
+    # functions of the model's, so backends agree to rounding; with fewer elites, which
+    # ones win can rest on a reward difference below float32 rounding (an untrained
+    # reward head predicts ~0 for every candidate)
+    plan = dict(h=h, z=z, top_k=np.array(12, np.int32), discount=np.array(0.9, np.float32))
+    plan_shape = (1, batch, 12, 4, a)
     return {
+        "plan_continuous": {"signature": "plan_continuous", "inputs": dict(
+            plan, noise=f32(rng.standard_normal(plan_shape)),
+            low=np.full(a, -1.0, np.float32), high=np.full(a, 0.5, np.float32))},
+        "plan_discrete": {"signature": "plan_discrete", "inputs": dict(
+            plan, noise=f32(rng.uniform(0.001, 0.999, plan_shape)))},
         "obs_step_noise": {"signature": "obs_step_noise",
                            "inputs": dict(h=h, z=z, action=action, **obs, noise=noise)},
         "obs_step_mode": {"signature": "obs_step_mode",

@@ -57,25 +57,41 @@ def _check_size(image_size: Any) -> tuple[int, int] | None:
     return tuple(image_size)
 
 
-def collect(env_id: str, episodes: int, directory: str | os.PathLike,
-            policy: Callable[[np.ndarray], Any] | None = None, seed: int = 0,
-            max_steps: int | None = None, prefix: str = "episode",
-            progress: bool = False, image_size: tuple[int, int] | int | None = None
-            ) -> list[Path]:
-    """Runs ``episodes`` episodes of ``env_id`` and saves each one atomically.
+class EpisodeRecorder:
+    """Builds one episode in the episode format, step by step (SPEC section 4)."""
 
-    ``policy(obs) -> action`` in the environment's own action format; the default
-    samples the action space uniformly (seeded by ``seed``). ``max_steps`` cuts an
-    episode (a time limit: not terminal). ``image_size`` (H, W) records rendered
-    frames as ``image`` (and resizes image observations). Returns the written paths.
-    """
+    def __init__(self, first_obs: dict[str, np.ndarray], action_dim: int) -> None:
+        self.steps: dict[str, list] = {k: [v] for k, v in first_obs.items()}
+        self.steps.update(action=[np.zeros(action_dim, np.float32)], reward=[0.0],
+                          is_first=[1.0], is_terminal=[0.0])
+        self.total_reward = 0.0
+
+    def add(self, obs: dict[str, np.ndarray], action: np.ndarray, reward: float,
+            terminated: bool) -> None:
+        """``action`` (encoded) led to ``obs`` and ``reward``."""
+        for key, value in obs.items():
+            self.steps[key].append(value)
+        self.steps["action"].append(action)
+        self.steps["reward"].append(float(reward))
+        self.steps["is_first"].append(0.0)
+        self.steps["is_terminal"].append(float(terminated))
+        self.total_reward += float(reward)
+
+    def __len__(self) -> int:
+        return len(self.steps["action"])
+
+    def episode(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, np.uint8 if k == "image" else np.float32)
+                for k, v in self.steps.items()}
+
+
+def make_env(env_id: str, image_size: Any = None) -> tuple[Any, Callable[[Any], dict]]:
+    """``(env, observe)``: the gymnasium environment (rendering frames when
+    ``image_size`` is set) and ``observe(obs) -> {"obs": [O]} and/or {"image": [H, W, C]}``
+    in the episode format (see the module docstring)."""
     import gymnasium as gym
     from gymnasium import spaces
 
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     size = _check_size(image_size)
     try:
         env = gym.make(env_id, **({"render_mode": "rgb_array"} if size else {}))
@@ -96,6 +112,26 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
             out["image"] = resize_image(env.render(), size)
         return out
 
+    return env, observe
+
+
+def collect(env_id: str, episodes: int, directory: str | os.PathLike,
+            policy: Callable[[np.ndarray], Any] | None = None, seed: int = 0,
+            max_steps: int | None = None, prefix: str = "episode",
+            progress: bool = False, image_size: tuple[int, int] | int | None = None
+            ) -> list[Path]:
+    """Runs ``episodes`` episodes of ``env_id`` and saves each one atomically.
+
+    ``policy(obs) -> action`` in the environment's own action format; the default
+    samples the action space uniformly (seeded by ``seed``). ``max_steps`` cuts an
+    episode (a time limit: not terminal). ``image_size`` (H, W) records rendered
+    frames as ``image`` (and resizes image observations). Returns the written paths.
+    """
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    env, observe = make_env(env_id, image_size)
     action_dim, encode = _action_codec(env.action_space)
     env.action_space.seed(seed)
     paths = []
@@ -103,22 +139,14 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
     try:
         for index in range(episodes):
             obs, _ = env.reset(seed=seed + index)
-            steps = {k: [v] for k, v in observe(obs).items()}
-            steps.update(action=[np.zeros(action_dim, np.float32)], reward=[0.0],
-                         is_first=[1.0], is_terminal=[0.0])
+            record = EpisodeRecorder(observe(obs), action_dim)
             while True:
                 action = env.action_space.sample() if policy is None else policy(obs)
                 obs, reward, terminated, truncated, _ = env.step(action)
-                for key, value in observe(obs).items():
-                    steps[key].append(value)
-                steps["action"].append(encode(action))
-                steps["reward"].append(float(reward))
-                steps["is_first"].append(0.0)
-                steps["is_terminal"].append(float(terminated))
-                if terminated or truncated or (max_steps and len(steps["action"]) >= max_steps):
+                record.add(observe(obs), encode(action), reward, terminated)
+                if terminated or truncated or (max_steps and len(record) >= max_steps):
                     break
-            episode = {k: np.asarray(v, np.uint8 if k == "image" else np.float32)
-                       for k, v in steps.items()}
+            episode = record.episode()
             paths.append(save_episode(directory, episode, f"{prefix}-{seed + index:06d}"))
             if bar is not None:
                 bar.update(index + 1, [("steps", len(episode["action"]))])

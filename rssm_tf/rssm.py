@@ -152,10 +152,12 @@ class Rssm(keras.layers.Layer):
         """``h' = GRU(concat(L(h), L(z), L(a)), h)`` given the action's term."""
         dtype = self.compute_dtype
         H = self.config.hidden_size
+        # a non-negative axis: tf2onnx cannot resolve -1 where it loses the shapes (the
+        # planner's rollout runs this inside two nested loops)
         x = tf.concat([self.inp_h.activate(mm("inp_h", tf.cast(h, dtype),
                                                 self.inp_h.dense.kernel)),
                        self.inp_z.activate(mm("inp_z", tf.cast(z, dtype),
-                                                self.inp_z.dense.kernel))], -1)
+                                                self.inp_z.dense.kernel))], h.shape.rank - 1)
         x_proj = mm("gru/input", x, self.gru.input_kernel, (0, 2 * H)) \
             + tf.cast(a_proj, dtype)
         return self.gru.step(h, x_proj, mm)

@@ -245,6 +245,9 @@ class LiteRtBackend:
         return {k: np.array(v) for k, v in runner(**{k: inputs[k] for k in names}).items()}
 
     def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if signature.startswith("plan_"):
+            raise ServingError(f"{signature}: LiteRT has no planner (it cannot lower the "
+                               "planner's loops); plan with the onnx or savedmodel backend")
         base = signature.removesuffix("_mode").removesuffix("_noise")
         if base == signature and base in ("obs_step", "imagine_step", "imagine"):
             shape = self._noise_shape(base, inputs)

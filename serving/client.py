@@ -10,6 +10,7 @@ writes ``reset / observe / imagine / predict`` whatever runs the model::
                                                  # (obs: vector, uint8 image, or a dict)
     dream = client.imagine(actions)              # [B, T, A] from the current state
     now = client.predict()                       # reward, continue for the state
+    best = client.plan("discrete", noise, top_k)  # the exported CEM planner
 
 Sampling per call: ``sample="sample"`` (the server draws the noise), ``"mode"``
 (argmax) or ``noise=`` an array of uniform (0, 1) values (Gumbel-max; reproducible).
@@ -226,6 +227,54 @@ class WorldModelClient:
         """``reward`` [B], ``continue_prob`` [B] and their logits for the current state."""
         self._require_state()
         return self.backend.call("predict", {"h": self.h, "z": self.z})
+
+    def plan(self, kind: str, noise: Any, top_k: int, discount: float = 0.99,
+             low: Any = None, high: Any = None) -> dict[str, np.ndarray]:
+        """The exported cross-entropy planner from the current state (which does not
+        change): ``plan_continuous`` or ``plan_discrete`` (``kind``).
+
+        ``noise`` [I, B, N, H, A]: I iterations of N candidate action sequences of
+        horizon H (standard normal for continuous actions, uniform in (0, 1) for
+        discrete ones; :class:`rssm_tf_serving.planner.ClientPlanner` draws it from a
+        seed); ``top_k`` elites (<= N); ``discount`` in (0, 1]; ``low`` / ``high`` the
+        finite action bounds (a number or [A]; continuous only). Returns ``action``
+        [B, A] (the first planned action; one-hot for discrete), ``plan`` [B, H, A],
+        ``elite_return`` [B] and ``returns`` [B, N] (the last iteration's)."""
+        self._require_state()
+        if kind not in ("continuous", "discrete"):
+            raise ValueError(f"kind must be 'continuous' or 'discrete', got {kind!r}")
+        signature = f"plan_{kind}"
+        if signature not in self.manifest["signatures"]:
+            raise ServingError(f"model {self.manifest.get('name')!r} has no {signature} "
+                               "signature (exported before the planner, or without reward "
+                               "and continue heads): re-export it")
+        b = self.batch_size
+        noise = self._array("noise", noise, [None, b, None, None, self.action_dim])
+        candidates = noise.shape[2]
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
+                or not 1 <= top_k <= candidates:
+            raise ValueError(f"top_k must be an integer in [1, {candidates}] (candidates: "
+                             f"noise.shape[2]), got {top_k!r}")
+        if isinstance(discount, bool) or not isinstance(discount, (int, float)) \
+                or not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {discount!r}")
+        if kind == "discrete" and not np.all((noise > 0) & (noise < 1)):
+            raise ValueError("noise must lie strictly between 0 and 1 for discrete actions")
+        inputs = {"h": self.h, "z": self.z, "noise": noise,
+                  "top_k": np.array(top_k, np.int32), "discount": np.array(discount, np.float32)}
+        if kind == "continuous":
+            bounds = {}
+            for name, value in (("low", low), ("high", high)):
+                if value is None:
+                    raise ValueError(f"{name} is required for continuous actions")
+                if np.ndim(value) == 0:  # one bound for every action dimension
+                    value = np.full(self.action_dim, value, np.float32)
+                bounds[name] = self._array(name, value, [self.action_dim])
+            if np.any(bounds["low"] >= bounds["high"]):
+                raise ValueError(f"low must be below high everywhere, got low={low!r}, "
+                                 f"high={high!r}")
+            inputs.update(bounds)
+        return self.backend.call(signature, inputs)
 
     # -------------------------------------------------------------- helpers
     def _call(self, base: str, inputs: dict[str, np.ndarray], sample: str, noise: Any,

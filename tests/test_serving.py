@@ -298,3 +298,74 @@ def test_manifest_carries_its_format_version(exported, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(newer))
     with pytest.raises(ServingError, match="format_version 2 is newer than this client"):
         WorldModelClient.from_export(tmp_path, "onnx")
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_exported_planner_plans_what_the_keras_planner_does(exported, model_path, clients,
+                                                            kind):
+    """The same seed on every serving backend and in Keras: the same candidates, so the
+    same returns and plan (one iteration keeping every candidate, whose outputs are
+    smooth in the model's: this model's untrained reward head cannot rank them)."""
+    from rssm_tf_serving.planner import ClientPlanner
+
+    from rssm_tf.planning import Planner
+    from rssm_tf.saving import load_world_model
+
+    fields = dict(horizon=4, candidates=20, top_k=20, iterations=1, kind=kind, low=-1.0,
+                  high=0.5, discount=0.95, seed=5)
+    data = episode(clients["onnx"], steps=3, batch=2)
+    keras_planner = Planner(load_world_model(model_path, compile=False), **fields)
+    keras_planner.reset(2)
+    for t in range(3):
+        keras_planner.observe(data["action"][t], {"obs": data["obs"][t]})
+    want = keras_planner.plan_details()
+    assert want["plan"].shape == (2, 4, 2) and want["returns"].shape == (2, 20)
+    for name in ("onnx", "savedmodel", "rest", "grpc"):
+        planner = ClientPlanner(clients[name], **fields)
+        planner.reset(2)
+        for t in range(3):
+            planner.observe(data["action"][t], data["obs"][t])
+        got = planner.plan_details()
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=f"{name} {key}")
+    if kind == "discrete":
+        np.testing.assert_array_equal(want["action"].sum(-1), 1.0)  # one-hot
+
+
+def test_exported_planner_refuses_bad_settings(exported):
+    from rssm_tf_serving.planner import ClientPlanner
+
+    out, _ = exported
+    client = WorldModelClient.from_export(out, "onnx")
+    client.reset(1)
+    noise = np.zeros((1, 1, 8, 3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"top_k must be an integer in \[1, 8\]"):
+        client.plan("continuous", noise, 9, low=-1, high=1)
+    with pytest.raises(ValueError, match="low is required for continuous actions"):
+        client.plan("continuous", noise, 2)
+    with pytest.raises(ValueError, match="high contains NaN or Inf"):
+        client.plan("continuous", noise, 2, low=-1, high=np.inf)
+    with pytest.raises(ValueError, match=r"low must have shape \[2\], got \[3\]"):
+        client.plan("continuous", noise, 2, low=[-1, -1, -1], high=1)
+    with pytest.raises(ValueError, match="low must be below high"):
+        client.plan("continuous", noise, 2, low=1, high=[2, 0])
+    with pytest.raises(ValueError, match=r"noise must have shape \[\?, 1, \?, \?, 2\]"):
+        client.plan("discrete", noise[0], 2)
+    with pytest.raises(ValueError, match="strictly between 0 and 1 for discrete"):
+        client.plan("discrete", noise, 2)
+    with pytest.raises(ValueError, match="kind must be"):
+        client.plan("gaussian", noise, 2)
+    with pytest.raises(ValueError, match="top_k must be <= candidates"):
+        ClientPlanner(client, candidates=5, top_k=6)
+    with pytest.raises(ValueError, match="horizon must be a positive integer"):
+        ClientPlanner(client, horizon=0)
+    litert = WorldModelClient.from_export(out, "litert")
+    litert.reset(1)
+    with pytest.raises(ServingError, match="LiteRT has no planner"):
+        litert.plan("discrete", np.full((1, 1, 8, 3, 2), 0.5, np.float32), 2)
+    old = dict(client.manifest, signatures={k: v for k, v in client.manifest["signatures"]
+                                            .items() if not k.startswith("plan_")})
+    stale = WorldModelClient(client.backend, old)
+    stale.reset(1)
+    with pytest.raises(ServingError, match="has no plan_discrete signature"):
+        stale.plan("discrete", np.full((1, 1, 8, 3, 2), 0.5, np.float32), 2)
