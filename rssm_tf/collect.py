@@ -118,14 +118,15 @@ def make_env(env_id: str, image_size: Any = None) -> tuple[Any, Callable[[Any], 
 def collect(env_id: str, episodes: int, directory: str | os.PathLike,
             policy: Callable[[np.ndarray], Any] | None = None, seed: int = 0,
             max_steps: int | None = None, prefix: str = "episode",
-            progress: bool = False, image_size: tuple[int, int] | int | None = None
-            ) -> list[Path]:
+            progress: bool = False, image_size: tuple[int, int] | int | None = None,
+            compress: bool = False) -> list[Path]:
     """Runs ``episodes`` episodes of ``env_id`` and saves each one atomically.
 
     ``policy(obs) -> action`` in the environment's own action format; the default
     samples the action space uniformly (seeded by ``seed``). ``max_steps`` cuts an
     episode (a time limit: not terminal). ``image_size`` (H, W) records rendered
-    frames as ``image`` (and resizes image observations). Returns the written paths.
+    frames as ``image`` (and resizes image observations); ``compress`` writes compressed
+    files (see :func:`rssm_tf.data.save_episode`). Returns the written paths.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
@@ -147,7 +148,8 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
                 if terminated or truncated or (max_steps and len(record) >= max_steps):
                     break
             episode = record.episode()
-            paths.append(save_episode(directory, episode, f"{prefix}-{seed + index:06d}"))
+            paths.append(save_episode(directory, episode, f"{prefix}-{seed + index:06d}",
+                                      compress=compress))
             if bar is not None:
                 bar.update(index + 1, [("steps", len(episode["action"]))])
     finally:

@@ -117,11 +117,12 @@ def _pick_obs_keys(episodes: list[dict[str, Any]], obs_keys: Any, where: str
 
 
 def save_episode(directory: str | os.PathLike, episode: dict[str, Any],
-                 name: str | None = None) -> Path:
+                 name: str | None = None, compress: bool = False) -> Path:
     """Validates ``episode`` and writes it atomically as ``directory/name.npz``.
 
     The default name is unique (``episode-<uuid>``). An existing file is never
-    overwritten. Returns the path.
+    overwritten. ``compress``: zip-deflate the arrays (``np.savez_compressed``; rendered
+    frames shrink several times, read back transparently). Returns the path.
     """
     directory = Path(directory)
     arrays = validate_episode(episode)
@@ -131,7 +132,7 @@ def save_episode(directory: str | os.PathLike, episode: dict[str, Any],
     if path.exists():
         raise FileExistsError(f"{path} already exists; episodes are never overwritten")
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        (np.savez_compressed if compress else np.savez)(handle, **arrays)
     return path
 
 
@@ -150,16 +151,19 @@ def load_episode(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 class EpisodeStore:
-    """A directory of episode files: ``add`` writes one atomically, ``load`` reads all.
+    """A directory of episode files: ``add`` writes one atomically (compressed with
+    ``compress``), ``load`` reads all (for data beyond memory, stream the directory with
+    :func:`make_dataset`).
 
     Temporary files of interrupted writes (``.*.tmp``) are ignored.
     """
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, compress: bool = False) -> None:
         self.directory = Path(directory)
+        self.compress = compress
 
     def add(self, episode: dict[str, Any], name: str | None = None) -> Path:
-        return save_episode(self.directory, episode, name)
+        return save_episode(self.directory, episode, name, compress=self.compress)
 
     def paths(self) -> list[Path]:
         if not self.directory.is_dir():
@@ -175,8 +179,8 @@ class EpisodeStore:
 
 def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size: int,
                  seq_len: int, seed: int | None = 0, repeat: bool = True,
-                 prefetch: bool = True, obs_keys: tuple[str, ...] | None = None
-                 ) -> tf.data.Dataset:
+                 prefetch: bool = True, obs_keys: tuple[str, ...] | None = None,
+                 **replay_options: Any) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of random fixed-length windows over the episodes.
 
     Episodes are laid end to end in one stream (their ``is_first`` flags mark the
@@ -186,7 +190,11 @@ def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size
     ``is_first = 1``: each window starts from the initial state. Episodes shorter
     than ``seq_len`` are used as parts of windows.
 
-    ``directory``: a directory of episode files (or a list of episode dicts).
+    ``directory``: a directory of episode files, streamed from disk by
+    :class:`rssm_tf.replay.Replay` (windows read when drawn, the directory may grow
+    while ``fit`` runs; ``replay_options`` go to it: ``capacity``, ``recent``,
+    ``cache_mb``, ``refresh_seconds``, ``shard``), or a list of episode dicts (held in
+    memory). Both give the same windows for the same seed.
     Yields dicts ``{obs [B, T, O], action [B, T, A], reward [B, T], is_first [B, T],
     is_terminal [B, T]}`` (float32) with ``image`` [B, T, H, W, C] (uint8, as stored:
     the model scales it in its first op, so batches stay 4x smaller) for image
@@ -199,14 +207,16 @@ def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(directory, (list, tuple)):
-        episodes = [validate_episode(e, f"episode {i}") for i, e in enumerate(directory)]
-        where = "the episode list"
-    else:
-        where = str(directory)
-        if not Path(directory).is_dir():
-            raise FileNotFoundError(f"episode directory {where} does not exist")
-        episodes = EpisodeStore(directory).load()
+    if not isinstance(directory, (list, tuple)):
+        from rssm_tf.replay import Replay
+
+        replay = Replay(directory, seq_len, obs_keys=obs_keys, **replay_options)
+        return replay.dataset(batch_size, seed=seed, repeat=repeat, prefetch=prefetch)
+    if replay_options:
+        raise TypeError(f"{sorted(replay_options)}: options of a streamed directory, not "
+                        "of an episode list")
+    episodes = [validate_episode(e, f"episode {i}") for i, e in enumerate(directory)]
+    where = "the episode list"
     if not episodes:
         raise ValueError(f"no episodes in {where}")
     keys = _pick_obs_keys(episodes, obs_keys, where) + STEP_KEYS
