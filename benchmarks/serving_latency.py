@@ -1,11 +1,14 @@
-"""Serving latency per backend: p50/p99 of ``observe`` at batch 1 and 64 and of
-``imagine`` over 15 steps, through ``WorldModelClient``.
+"""Serving latency per backend: p50/p99 of ``observe`` at batch 1 and 64, of
+``imagine`` over 15 steps, and of one planning step (the exported CEM planner: 500
+candidates, horizon 12, 4 iterations, top 50, continuous actions; and the Keras
+``Planner`` under XLA on the same configuration), through ``WorldModelClient``.
 
 Backends: ONNX Runtime, LiteRT, the SavedModel in-process, and TF Serving's REST and
 gRPC protocols against the stand-in server (``serving/standin.py``; point ``--rest-url`` /
 ``--grpc-target`` at a real ``tensorflow_model_server`` to measure that instead).
 
     python benchmarks/serving_latency.py [--export DIR] [--iters 200] [--json out.json]
+    python benchmarks/serving_latency.py --plan-only --export out/plan/Pendulum-v1/export
 
 Without ``--export`` it exports a fresh seed-configuration model (obs 64, action 11)
 to a temporary directory first. All numbers are from one run on one machine.
@@ -75,6 +78,28 @@ def measure(client, iters: int, warmup: int) -> dict[str, dict[str, float]]:
     return result
 
 
+PLAN = dict(iterations=4, candidates=500, horizon=12, top_k=50)
+
+
+def measure_plan(client, iters: int, warmup: int) -> dict[str, float]:
+    noise = np.random.default_rng(0).standard_normal(
+        (PLAN["iterations"], 1, PLAN["candidates"], PLAN["horizon"], client.action_dim)
+    ).astype(np.float32)
+    client.reset(1)
+    return percentiles(lambda: client.plan("continuous", noise, PLAN["top_k"], 0.99, -1.0, 1.0),
+                       iters, warmup)
+
+
+def measure_keras_plan(config: dict, iters: int, warmup: int) -> dict[str, float]:
+    """The Keras ``Planner`` (one XLA call per plan) on a model of the export's sizes."""
+    from rssm_tf import RssmConfig, WorldModel
+    from rssm_tf.planning import Planner
+
+    planner = Planner(WorldModel(RssmConfig.from_dict(config)), **PLAN)
+    planner.reset(1)
+    return percentiles(planner.plan, iters, warmup)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export", default=None, help="an export directory")
@@ -83,6 +108,8 @@ def main() -> int:
     parser.add_argument("--rest-url", default=None, help="a real TF Serving REST URL")
     parser.add_argument("--grpc-target", default=None, help="a real TF Serving gRPC target")
     parser.add_argument("--json", default="serving_latency.json")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="only the planning step (ONNX Runtime, SavedModel, Keras XLA)")
     args = parser.parse_args()
 
     from rssm_tf_serving.client import WorldModelClient
@@ -91,6 +118,18 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory()
     export_dir = Path(args.export) if args.export else export_seed_model(Path(tmp.name))
     manifest = json.loads((export_dir / "manifest.json").read_text())
+    plan_iters, plan_warmup = max(10, args.iters // 10), max(2, args.warmup // 10)
+    if args.plan_only:
+        plans = {name: measure_plan(WorldModelClient.from_export(export_dir, name),
+                                    plan_iters, plan_warmup)
+                 for name in ("onnx", "savedmodel")}
+        plans["keras_xla"] = measure_keras_plan(manifest["config"], plan_iters, plan_warmup)
+        for name, r in plans.items():
+            print(f"plan N500 H12 I4 {name:<11} p50 {r['p50_ms']:.1f} ms, p99 "
+                  f"{r['p99_ms']:.1f} ms")
+        Path(args.json).write_text(json.dumps({"config": manifest["config"], "plan": PLAN,
+                                               "results": plans}, indent=2))
+        return 0
     server = None
     if not (args.rest_url and args.grpc_target):
         server = StandInServer(export_dir / "saved_model" / manifest["name"],
@@ -103,6 +142,11 @@ def main() -> int:
                "rest": WorldModelClient.from_export(export_dir, "rest", url=rest_url),
                "grpc": WorldModelClient.from_export(export_dir, "grpc", target=grpc_target)}
     results = {name: measure(client, args.iters, args.warmup) for name, client in clients.items()}
+    for name, client in clients.items():  # LiteRT has no planner
+        if name != "litert":
+            results[name]["plan_b1"] = measure_plan(client, plan_iters, plan_warmup)
+    results["keras_xla"] = {"plan_b1": measure_keras_plan(manifest["config"], plan_iters,
+                                                          plan_warmup)}
     if server is not None:
         server.stop()
 
@@ -115,10 +159,11 @@ def main() -> int:
                           "onnx_3x_faster_than_savedmodel": ratio >= 3.0}}
     print(f"{'backend':<11} {'observe b1 p50/p99':>20} {'observe b64 p50/p99':>21} "
           f"{'imagine15 p50/p99':>19}   (ms)")
+    print(f"{'':>11} {'plan (N500 H12 I4) p50/p99':>28}")
     for name, r in results.items():
-        cells = [f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}"
-                 for k in ("observe_b1", "observe_b64", "imagine15_b1")]
-        print(f"{name:<11} {cells[0]:>20} {cells[1]:>21} {cells[2]:>19}")
+        cells = [f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}" if k in r else "-"
+                 for k in ("observe_b1", "observe_b64", "imagine15_b1", "plan_b1")]
+        print(f"{name:<11} {cells[0]:>20} {cells[1]:>21} {cells[2]:>19} {cells[3]:>20}")
     print(f"ONNX Runtime observe b1 is {ratio:.1f}x faster than the local SavedModel")
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

@@ -24,6 +24,8 @@ from rssm_tf.losses import (
                              kl_balanced_loss,
 )
 from rssm_tf.math import symexp, symlog
+from rssm_tf.planning import Planner, PlannerConfig
+from rssm_tf.replay import Replay
 from rssm_tf.rssm import Rssm, RssmState
 from rssm_tf.saving import AtomicModelCheckpoint, load_world_model, save_world_model
 from rssm_tf.world_model import WorldModel, evaluate_open_loop
@@ -32,7 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AtomicModelCheckpoint", "EpisodeStore", "ImaginationCallback", "NonFiniteGuard",
-    "WorldModel", "evaluate_open_loop", "load_episode", "load_world_model", "make_dataset",
+    "Planner", "PlannerConfig", "Replay", "WorldModel", "evaluate_open_loop", "load_episode",
+    "load_world_model", "make_dataset",
     "save_episode", "save_world_model",
     "BlockGRU", "BlockLinear", "ImageDecoder", "ImageEncoder", "KlBalanceConfig", "KlLoss",
     "Mlp", "NormDense", "ObsDecoder", "ObsEncoder", "Rssm",

@@ -14,6 +14,7 @@ process in which importing ``rssm_tf`` raises, and returns every case's outputs.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,10 @@ def run_in_tf_serving_loader(saved_model: Path, cases: dict, tmp_path: Path) -> 
     outputs = load_arrays(out_path)
     outputs.pop("__process__")
     return outputs
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -150,14 +150,10 @@ def test_shards_split_the_files(tmp_path):
 def test_two_workers_read_their_own_files(tmp_path):
     """MultiWorkerMirroredStrategy with two processes on 127.0.0.1: each worker's
     pipeline (from its input context) reads only its share of the files, and both train."""
-    import socket
+    from served import free_port
 
     write(tmp_path, [16] * 10)
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = [free_port() for _ in range(2)]
     script = textwrap.dedent("""
         import json, sys
         import numpy as np, tensorflow as tf, keras

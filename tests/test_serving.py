@@ -1,6 +1,5 @@
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import pytest
 from rssm_tf_serving.backends import GrpcBackend, RestBackend, ServingError, SessionBackend
 from rssm_tf_serving.client import WorldModelClient
 from rssm_tf_serving.standin import StandInServer
+from served import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,12 +98,6 @@ def test_state_can_be_read_saved_and_restored(clients, tmp_path):
     assert not np.any(client.state["h"] == 99.0)
     with pytest.raises(ValueError, match=r"state\['h'\] must have shape \[\?, 32\]"):
         client.state = {"h": np.zeros((3, 5)), "z": np.zeros((3, 16))}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_servers_name_the_address(exported):

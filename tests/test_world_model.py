@@ -266,13 +266,9 @@ def test_load_errors_name_the_file(tmp_path):
 def test_multi_worker_mirrored_strategy_on_loopback(tmp_path):
     """Two worker processes on 127.0.0.1 (TF_CONFIG), as a user scales to machines:
     both train, agree on the weights, and match one device on the same data."""
-    import socket
+    from served import free_port
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = [free_port() for _ in range(2)]
     script = textwrap.dedent("""
         import json, os, sys
         import numpy as np, tensorflow as tf, keras
