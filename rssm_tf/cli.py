@@ -139,26 +139,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     import keras
 
     from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
-    from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset
+    from rssm_tf.data import EpisodeStore, config_for_episode, load_episode, make_dataset
     from rssm_tf.saving import AtomicModelCheckpoint, save_world_model
     from rssm_tf.world_model import WorldModel
 
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(args.precision)
-    episodes = EpisodeStore(args.data).load()
-    if not episodes:
+    paths = EpisodeStore(args.data).paths()  # the data is streamed, never loaded whole
+    if not paths:
         raise ValueError(f"--data {args.data}: no episode files found")
     if os.path.exists(args.model):
         model = _load_model(args.model)
         print(f"resuming from {args.model} at step {int(model.optimizer.iterations)}")
     else:
         extra = read_config(args.config) if args.config else {}
-        config = config_for_episode(episodes[0], args.obs_keys, **extra)
+        config = config_for_episode(load_episode(paths[0]), args.obs_keys, **extra)
         model = WorldModel(config, seed=args.seed)
         model.compile(optimizer=keras.optimizers.Adam(args.lr, epsilon=1e-8,
                                                       global_clipnorm=1000.0))
     keys = model.config.obs_keys
-    dataset = make_dataset(episodes, args.batch_size, args.seq_len, seed=args.seed,
+    dataset = make_dataset(args.data, args.batch_size, args.seq_len, seed=args.seed,
                            obs_keys=keys)
     callbacks = [NonFiniteGuard(), AtomicModelCheckpoint(args.model)]
     val = None
