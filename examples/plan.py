@@ -14,7 +14,7 @@ Writes ``OUT/plan/results.json`` (one entry per environment and backend: mean an
 spread of the returns next to the random policy's) and ``OUT/plan/returns.png``
 (return per round, and the evaluations). Needs the ``examples`` and ``export`` extras.
 
-    python examples/plan.py [--out out] [--envs CartPole-v1 Pendulum-v1]
+    python examples/plan.py [--out out] [--envs CartPole-v1 Pendulum-v1] [--rounds N]
 """
 
 from __future__ import annotations
@@ -170,7 +170,12 @@ def main() -> int:
     parser.add_argument("--out", default="out")
     parser.add_argument("--envs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="collect/refit rounds (default: per environment, see RUNS)")
     args = parser.parse_args()
+    if args.rounds is not None:
+        for plan in RUNS.values():
+            plan["rounds"] = args.rounds
     out = Path(args.out) / "plan"
     start = time.time()
     results = {env_id: run(env_id, out, args.seed) for env_id in args.envs}
