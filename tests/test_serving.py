@@ -163,7 +163,7 @@ def test_bad_inputs_are_refused_before_sending(exported):
 def test_serving_never_imports_rssm_tf_and_command_runs(exported):
     out, _ = exported
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    code = ("import sys, rssm_tf_serving.client, rssm_tf_serving.standin\n"
+    code = ("import sys, rssm_tf_serving.client, rssm_tf_serving.planner, rssm_tf_serving.standin\n"
             "import rssm_tf_serving.__main__ as m\n"
             f"rc = m.main(['--export', {str(out)!r}, '--backend', 'onnx', '--steps', '3'])\n"
             "assert 'rssm_tf' not in sys.modules, 'serving imported rssm_tf'\n"
