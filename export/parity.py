@@ -22,8 +22,15 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from rssm_tf_export.module import PLAN_SIGNATURES, InferenceModule
-from rssm_tf_export.runner import Call, load_arrays, make_cases, run_all, save_cases
+from rssm_tf_export.module import InferenceModule
+from rssm_tf_export.runner import (
+    Call,
+    load_arrays,
+    make_cases,
+    run_all,
+    save_cases,
+    without_planner,
+)
 from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend
 
 TOLERANCE = 1e-5
@@ -134,7 +141,7 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
     if onnx_dir is not None:
         report["backends"]["onnx"] = compare(reference, run_all(onnx_call(onnx_dir), cases))
     if litert_dir is not None:  # LiteRT has no planner (it cannot lower the loops)
-        steps = {n: c for n, c in cases.items() if n not in PLAN_SIGNATURES}
+        steps = without_planner(cases)
         report["backends"]["litert"] = compare(
             {n: reference[n] for n in steps}, run_all(litert_call(litert_dir), steps))
     report["passed"] = all(b["passed"] for b in report["backends"].values())

@@ -87,6 +87,12 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     }
 
 
+def without_planner(cases: dict[str, dict]) -> dict[str, dict]:
+    """The cases but the planner's: what LiteRT runs (it cannot lower their loops)."""
+    return {name: case for name, case in cases.items()
+            if not case["signature"].startswith("plan_")}
+
+
 def run_case(call: Call, case: dict) -> dict[str, np.ndarray]:
     """Outputs of one case through ``call(signature, inputs)``; rollouts stack each
     output over the steps ([N, ...])."""

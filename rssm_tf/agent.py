@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rssm_tf.collect import EpisodeRecorder, _action_codec, make_env
-from rssm_tf.data import make_dataset, save_episode
+from rssm_tf.data import EpisodeStore, make_dataset, save_episode
+from rssm_tf.validation import check_positive_int
 
 
 def _env_action(space: Any, planned: np.ndarray, explore: float,
@@ -56,13 +56,11 @@ def run_episodes(env_id: str, planner: Any, episodes: int, seed: int = 0,
     ``max_steps`` cuts an episode (not terminal). Returns per episode ``return``,
     ``length`` and ``path`` (or None).
     """
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    check_positive_int("episodes", episodes)
     if not isinstance(explore, (int, float)) or not 0.0 <= explore <= 1.0:
         raise ValueError(f"explore must be in [0, 1], got {explore!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(
-            max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if max_steps is not None:
+        check_positive_int("max_steps", max_steps)
     keys = tuple(planner.obs_keys)
     made = [make_env(env_id, image_size) for _ in range(episodes)]
     envs, observers = [m[0] for m in made], [m[1] for m in made]
@@ -116,11 +114,10 @@ def train_with_planner(model: Any, planner: Any, env_id: str, directory: str | o
     (on ``model``) plus ``explore`` noise into ``directory``, then refit ``model`` for
     ``updates`` updates on every episode in ``directory`` (the random-policy episodes
     already there included). Returns per round the mean and spread of the collected
-    returns, the steps in the directory and the last training loss.
+    returns, the episodes in the directory and the last training loss.
     """
     for name, value in (("rounds", rounds), ("episodes", episodes), ("updates", updates)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
     history = []
     for index in range(rounds):
         t0 = time.time()
@@ -132,9 +129,9 @@ def train_with_planner(model: Any, planner: Any, env_id: str, directory: str | o
                             obs_keys=model.config.obs_keys)
         fit = model.fit(data, epochs=1, steps_per_epoch=updates, verbose=0)
         returns = [r["return"] for r in got]
-        steps = sum(1 for _ in Path(directory).glob("*.npz"))
+        stored = len(EpisodeStore(directory))
         entry = {"round": index, "mean_return": float(np.mean(returns)),
-                 "std_return": float(np.std(returns)), "episodes_in_directory": steps,
+                 "std_return": float(np.std(returns)), "episodes_in_directory": stored,
                  "loss": float(fit.history["loss"][-1]),
                  "collect_seconds": round(collect_seconds, 1),
                  "fit_seconds": round(time.time() - t0 - collect_seconds, 1)}
@@ -142,6 +139,6 @@ def train_with_planner(model: Any, planner: Any, env_id: str, directory: str | o
         if log is not None:
             log(f"[{env_id}] round {index}: return {entry['mean_return']:.1f} "
                 f"+- {entry['std_return']:.1f} (explore {explore}), loss {entry['loss']:.3f}, "
-                f"{steps} episodes, collect {entry['collect_seconds']}s, "
+                f"{stored} episodes, collect {entry['collect_seconds']}s, "
                 f"fit {entry['fit_seconds']}s")
     return history

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from rssm_tf.data import save_episode
+from rssm_tf.validation import check_positive_int
 
 
 def _action_codec(space: Any) -> tuple[int, Callable[[Any], np.ndarray]]:
@@ -128,10 +129,9 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
     frames as ``image`` (and resizes image observations); ``compress`` writes compressed
     files (see :func:`rssm_tf.data.save_episode`). Returns the written paths.
     """
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    check_positive_int("episodes", episodes)
+    if max_steps is not None:
+        check_positive_int("max_steps", max_steps)
     env, observe = make_env(env_id, image_size)
     action_dim, encode = _action_codec(env.action_space)
     env.action_space.seed(seed)

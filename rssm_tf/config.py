@@ -11,14 +11,11 @@ import dataclasses
 import json
 from typing import Any
 
+from rssm_tf.validation import check_positive_int
+
 _ACTIVATIONS = ("silu",)
 _NORMS = ("rms", "layer")
 _INITIAL = ("zeros",)
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +66,7 @@ class RssmConfig:
         for name in ("action_dim", "deterministic_size", "n_categories",
                      "n_classes", "hidden_size", "head_layers", "encoder_layers",
                      "decoder_layers", "prior_layers", "posterior_layers"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if isinstance(self.n_blocks, bool) or not isinstance(self.n_blocks, int) \
                 or self.n_blocks < 0:
             raise ValueError(
@@ -93,7 +90,7 @@ class RssmConfig:
 
     def _check_image(self) -> None:
         for name in ("cnn_depth", "cnn_kernel", "cnn_minres"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         shape = self.image_shape
         if shape is None:
             if self.obs_dim == 0:

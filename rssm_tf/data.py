@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from rssm_tf.atomic import atomic_path
 from rssm_tf.config import RssmConfig
+from rssm_tf.validation import check_positive_int
 
 OBS_KEYS = ("obs", "image")
 STEP_KEYS = ("action", "reward", "is_first", "is_terminal")
@@ -204,9 +205,8 @@ def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size
     (``drop_remainder``) and prefetched. ``repeat=False`` gives one pass of
     ``total_steps // seq_len`` windows.
     """
-    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("seq_len", seq_len)
     if not isinstance(directory, (list, tuple)):
         from rssm_tf.replay import Replay
 

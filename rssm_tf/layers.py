@@ -12,6 +12,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from rssm_tf.validation import check_positive_int
+
 _PACKAGE = "rssm_tf"
 
 
@@ -53,11 +55,6 @@ def make_norm(kind: str, eps: float, name: str | None = None) -> keras.layers.La
     raise ValueError(f"norm must be 'rms' or 'layer', got {kind!r}")
 
 
-def _check_units(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NormDense(keras.layers.Layer):
     """``L(x) = SiLU(Norm(Dense(x)))`` with a bias-free Dense, as in DreamerV3.
@@ -70,7 +67,7 @@ class NormDense(keras.layers.Layer):
     def __init__(self, units: int, norm: str = "rms", norm_eps: float = 1e-4,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_units("units", units)
+        check_positive_int("units", units)
         self.units = units
         self.norm_kind = norm
         self.norm_eps = norm_eps
@@ -109,10 +106,10 @@ class Mlp(keras.layers.Layer):
                  norm: str = "rms", norm_eps: float = 1e-4, zero_init: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_units("layers", layers)
-        _check_units("units", units)
+        check_positive_int("layers", layers)
+        check_positive_int("units", units)
         if out_dim is not None:
-            _check_units("out_dim", out_dim)
+            check_positive_int("out_dim", out_dim)
         self.n_layers = layers
         self.units = units
         self.out_dim = out_dim
@@ -162,8 +159,8 @@ class BlockLinear(keras.layers.Layer):
     def __init__(self, units: int, n_blocks: int, use_bias: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_units("units", units)
-        _check_units("n_blocks", n_blocks)
+        check_positive_int("units", units)
+        check_positive_int("n_blocks", n_blocks)
         self.units = units
         self.n_blocks = n_blocks
         self.use_bias = use_bias
@@ -224,7 +221,7 @@ class BlockGRU(keras.layers.Layer):
                  norm_eps: float = 1e-4, update_bias: float = -1.0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_units("units", units)
+        check_positive_int("units", units)
         if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
             raise ValueError(f"n_blocks must be an integer >= 0, got {n_blocks!r}")
         if n_blocks and units % n_blocks:

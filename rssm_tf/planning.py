@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from rssm_tf.latents import gumbel
 from rssm_tf.rssm import Rssm, RssmState
+from rssm_tf.validation import check_positive_int
 
 KINDS = ("continuous", "discrete")
 
@@ -64,9 +66,7 @@ class PlannerConfig:
 
     def __post_init__(self) -> None:
         for name in ("horizon", "candidates", "top_k", "iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.top_k > self.candidates:
             raise ValueError(f"top_k must be <= candidates ({self.candidates}), "
                              f"got {self.top_k}")
@@ -83,7 +83,7 @@ class PlannerConfig:
                     raise ValueError(f"{name} must be a finite number or a 1-D list of "
                                      f"finite numbers for continuous actions, "
                                      f"got {getattr(self, name)!r}")
-            if np.any(np.broadcast_arrays(low, high)[0] >= np.broadcast_arrays(low, high)[1]):
+            if np.any(np.greater_equal(low, high)):
                 raise ValueError(f"low must be below high everywhere, got low={self.low!r}, "
                                  f"high={self.high!r}")
 
@@ -146,13 +146,12 @@ def cem(rollout: Rollout, h: tf.Tensor, z: tf.Tensor, noise: tf.Tensor,
     def sample(dist: tf.Tensor, eps: tf.Tensor, spread: tf.Tensor) -> tf.Tensor:
         if kind == "continuous":
             return tf.clip_by_value(dist[:, None] + spread[:, None] * eps, low, high)
-        gumbel = -tf.math.log(-tf.math.log(eps))
-        pick = tf.argmax(tf.math.log(dist[:, None] + 1e-8) + gumbel, -1)
+        pick = tf.argmax(tf.math.log(dist[:, None] + 1e-8) + gumbel(eps), -1)
         return tf.one_hot(pick, dim, dtype=noise.dtype)
 
     def body(i, dist, spread, _, __):
         actions = sample(dist, noise[i], spread)  # [B, N, H, A]
-        flat = tf.reshape(actions, [-1, noise.shape[3] or horizon, noise.shape[4]])
+        flat = tf.reshape(actions, [-1, horizon, dim])
         reward, cont = rollout(flat_h, flat_z, flat)
         returns = tf.reshape(discounted_returns(reward, cont, discount), [batch, count])
         best, index = tf.math.top_k(returns, top_k)  # [B, k]
@@ -243,8 +242,7 @@ class Planner:
 
     def reset(self, batch_size: int = 1) -> None:
         """Starts every environment afresh (the initial state)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         state = self.rssm.initial_state(batch_size)
         self.h, self.z = state.h, state.z
 

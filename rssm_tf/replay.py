@@ -35,16 +35,17 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.atomic import write_atomic
-from rssm_tf.data import OBS_KEYS, STEP_KEYS, EpisodeError, load_episode
+from rssm_tf.data import OBS_KEYS, STEP_KEYS, EpisodeError, _pick_obs_keys, load_episode
+from rssm_tf.validation import check_positive_int
 
 INDEX_FILE = "episode-index.json"
 INDEX_VERSION = 1
 
 
 def read_header(path: Path) -> dict[str, Any]:
-    """``{"length": T, "shapes": {key: per-step shape}, "dtypes": {key: str}}`` of an
-    episode file, read from the arrays' headers (nothing is decompressed but them)."""
-    shapes, dtypes = {}, {}
+    """``{"length": T, "shapes": {key: per-step shape}}`` of an episode file, read from
+    the arrays' headers (nothing is decompressed but them)."""
+    shapes = {}
     with zipfile.ZipFile(path) as archive:
         for member in archive.namelist():
             key = member.removesuffix(".npy")
@@ -54,15 +55,14 @@ def read_header(path: Path) -> dict[str, Any]:
                 version = np.lib.format.read_magic(handle)
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
                     else np.lib.format.read_array_header_2_0
-                shape, _, dtype = read(handle)
-            shapes[key], dtypes[key] = list(shape), dtype.str
+                shape, _, _ = read(handle)
+            shapes[key] = list(shape)
     if "action" not in shapes or not shapes["action"]:
         raise EpisodeError(f"{path}: no action array; not an episode file")
     length = shapes["action"][0]
     if any(not s or s[0] != length for s in shapes.values()):
         raise EpisodeError(f"{path}: the arrays disagree on the episode length: {shapes}")
-    return {"length": int(length), "shapes": {k: s[1:] for k, s in shapes.items()},
-            "dtypes": dtypes}
+    return {"length": int(length), "shapes": {k: s[1:] for k, s in shapes.items()}}
 
 
 class Replay:
@@ -82,9 +82,8 @@ class Replay:
                  delete_dropped: bool = False, recent: float = 0.0,
                  recent_steps: int = 10_000, cache_mb: float = 256.0,
                  refresh_seconds: float = 10.0, shard: tuple[int, int] = (0, 1)) -> None:
-        for name, value in (("seq_len", seq_len), ("recent_steps", recent_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("seq_len", seq_len)
+        check_positive_int("recent_steps", recent_steps)
         if capacity is not None and (isinstance(capacity, bool) or not isinstance(
                 capacity, int) or capacity < seq_len):
             raise ValueError(f"capacity must be an integer >= seq_len ({seq_len}) or None, "
@@ -177,15 +176,9 @@ class Replay:
                              + (f" (shard {self.shard[0]} of {self.shard[1]})"
                                 if self.shard[1] > 1 else ""))
         if not self.shapes:  # the first refresh fixes the keys and per-step shapes
-            first = self._headers[names[0]]
-            have = [k for k in OBS_KEYS if k in first["shapes"]]
-            keys = tuple(obs_keys) if obs_keys is not None else tuple(have)
-            if not keys or any(k not in have for k in keys):
-                raise ValueError(f"obs_keys must be a non-empty subset of the observation "
-                                 f"keys of {self.directory / names[0]} ({have}), "
-                                 f"got {list(keys)}")
-            self.obs_keys = keys
-            self.shapes = {k: first["shapes"][k] for k in keys + STEP_KEYS}
+            first = self._headers[names[0]]["shapes"]
+            self.obs_keys = _pick_obs_keys([first], obs_keys, str(self.directory / names[0]))
+            self.shapes = {k: first[k] for k in self.obs_keys + STEP_KEYS}
         usable = []
         for name in names:
             shapes = self._headers[name]["shapes"]
@@ -317,8 +310,7 @@ class Replay:
         ``tf.data.Dataset.random(seed)`` (``repeat``), or one seeded pass of
         ``total // seq_len`` windows (``repeat=False``, over the episodes there now);
         read in parallel, batched (``drop_remainder``) and prefetched."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         specs = self.specs()
         keys = list(specs)
 

@@ -41,6 +41,12 @@ def as_image_tensor(name: str, value: object) -> tf.Tensor:
     return tf.convert_to_tensor(value)
 
 
+def check_positive_int(name: str, value: object) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``value`` is an int >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def check_shape(name: str, tensor: tf.Tensor, expected: Sequence[int | str | None]) -> None:
     """Raises ``ValueError`` unless ``tensor``'s static shape matches ``expected``.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from rssm_tf_export.runner import load_arrays, make_cases, run_all, save_cases
+from rssm_tf_export.runner import load_arrays, make_cases, run_all, save_cases, without_planner
 
 from rssm_tf import RssmState
 from rssm_tf.planning import cem, rssm_rollout
@@ -82,12 +82,6 @@ def assert_same(reference: dict, other: dict, what: str, atol: float = 1e-5) -> 
             else:
                 scaled = np.abs(got - value) / np.maximum(1.0, np.abs(value))
                 assert scaled.max() <= atol, (what, case, key, float(scaled.max()))
-
-
-def without_planner(cases: dict) -> dict:
-    """The cases LiteRT runs: all but the planner's (it cannot lower their loops)."""
-    return {name: case for name, case in cases.items()
-            if not case["signature"].startswith("plan_")}
 
 
 def check_against_keras(model, call, what: str, seed: int = 0) -> dict:

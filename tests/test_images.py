@@ -229,9 +229,9 @@ def image_export(tmp_path_factory):
 def test_image_export_computes_what_keras_does_on_every_backend(image_export, tmp_path):
     """The CNN's weights are restored by TF Serving's loader and carried into the
     SavedModel, ONNX and LiteRT: each against the Keras model run in this test."""
-    from rssm_tf_export.runner import run_all
+    from rssm_tf_export.runner import run_all, without_planner
     from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
-    from served import cases_for, keras_call, run_in_tf_serving_loader, without_planner
+    from served import cases_for, keras_call, run_in_tf_serving_loader
 
     from rssm_tf.saving import load_world_model
 
