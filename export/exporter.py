@@ -217,6 +217,9 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         "format_version": MANIFEST_FORMAT,
         "name": name, "version": version, "saved_model": str(saved.relative_to(out)),
         "config": model.config.to_dict(), "twohot": model.twohot.get_config(),
+        # the observation inputs of obs_step and outputs of decode, one per key
+        "obs_space": {k: {"shape": list(s), "dtype": "uint8" if len(s) == 3 else "float32"}
+                      for k, s in model.config.obs_shapes.items()},
         "trained_dtype_policy": trained_policy,
         "signatures": describe_signatures(saved),
         "onnx": {"opset": OPSET, "files": [f"onnx/{s}.onnx" for s in ONNX_SIGNATURES]}

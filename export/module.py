@@ -4,7 +4,8 @@
 signature          inputs                                outputs
 =================  ====================================  ==========================================
 initial_state      batch_size int32 []                   h, z
-obs_step           h, z, action, obs and/or image        h_next, z_next, post_logits, prior_logits
+obs_step           h, z, action, one input per           h_next, z_next, post_logits, prior_logits
+                   observation key
 imagine_step       h, z, action                          h_next, z_next, prior_logits
 predict            h, z                                  reward, reward_logits, continue_prob,
                                                          continue_logits
@@ -14,6 +15,9 @@ plan_continuous    h, z, noise [I, B, N, H, A], top_k,   action [B, A], plan [B,
 plan_discrete      h, z, noise [I, B, N, H, A], top_k,   action [B, A] (one-hot), plan [B, H, A]
                    discount                              (probabilities), elite_return,
                                                          returns
+decode             h, z                                  one output per observation key: a
+                                                         vector [B, O_k] (raw space), an image
+                                                         [B, H, W, C_k] (floats in [0, 1])
 =================  ====================================  ==========================================
 
 The ``plan_*`` signatures are the cross-entropy planner of :mod:`rssm_tf.planning` (the
@@ -24,9 +28,10 @@ or uniform in (0, 1) (discrete) sets I iterations of N candidates of horizon H;
 Each stochastic signature ``X`` has ``X_mode`` (argmax) and ``X_noise`` (extra input
 ``noise`` uniform in (0, 1), [B, S, K] or [B, T, S, K] for ``imagine``; Gumbel-max).
 ``serving_default`` is ``obs_step``. All tensors float32, batch dimension dynamic,
-except the image: ``obs_step`` takes one input per observation key of the model,
-``obs`` float32 [B, O] for a vector and ``image`` uint8 [B, H, W, C] (pixels in
-[0, 255], as a camera gives them; the graph scales them) for an image.
+except the images: ``obs_step`` takes one input per observation key of the model,
+named after it (``RssmConfig.obs_shapes``): float32 [B, O_k] for a vector key, uint8
+[B, H, W, C_k] for an image key (pixels in [0, 255], as a camera gives them; the graph
+scales them).
 """
 
 from __future__ import annotations
@@ -37,13 +42,13 @@ import tensorflow as tf
 
 from rssm_tf import RssmState
 from rssm_tf.planning import cem, rssm_rollout
-from rssm_tf.world_model import WorldModel
+from rssm_tf.world_model import WorldModel, decode_observation
 
 STOCHASTIC = ("obs_step", "imagine_step", "imagine")
 PLAN_SIGNATURES = ("plan_continuous", "plan_discrete")
 SIGNATURES = ("initial_state", "predict") + tuple(
     f"{name}{suffix}" for name in STOCHASTIC for suffix in ("", "_mode", "_noise")) \
-    + PLAN_SIGNATURES
+    + PLAN_SIGNATURES + ("decode",)
 
 
 class InferenceModule(tf.Module):
@@ -72,7 +77,6 @@ class InferenceModule(tf.Module):
             "h": tf.TensorSpec([None, c.deterministic_size], f32, name="h"),
             "z": tf.TensorSpec([None, c.stoch_size], f32, name="z"),
             "action": tf.TensorSpec([None, c.action_dim], f32, name="action"),
-            "obs": tf.TensorSpec([None, c.obs_dim], f32, name="obs"),
             "actions": tf.TensorSpec([None, None, c.action_dim], f32, name="actions"),
             "noise": tf.TensorSpec([None, c.n_categories, c.n_classes], f32, name="noise"),
             "noise_seq": tf.TensorSpec([None, None, c.n_categories, c.n_classes], f32,
@@ -84,8 +88,10 @@ class InferenceModule(tf.Module):
             "low": tf.TensorSpec([c.action_dim], f32, name="low"),
             "high": tf.TensorSpec([c.action_dim], f32, name="high"),
         }
-        if c.image_shape:
-            self.specs["image"] = tf.TensorSpec([None, *c.image_shape], tf.uint8, name="image")
+        #: one input per observation key, named after it
+        self.obs_specs = {k: tf.TensorSpec([None, *shape], tf.uint8 if k in c.image_keys
+                                           else f32, name=k)
+                          for k, shape in c.obs_shapes.items()}
 
     # ------------------------------------------------------------ functions
     def _noise(self, noise: tf.Tensor | None, mode: bool, like: tf.Tensor) -> Any:
@@ -100,11 +106,9 @@ class InferenceModule(tf.Module):
         state = self.rssm.initial_state(batch_size)
         return {"h": state.h, "z": state.z}
 
-    def obs_step(self, h, z, action, obs=None, image=None, noise=None, mode=False
-                 ) -> dict[str, tf.Tensor]:
-        given = {"obs": obs, "image": image}
-        observation = {k: given[k] for k in self.config.obs_keys}
-        state, post, prior = self.rssm.obs_step(RssmState(h, z), action, observation,
+    def obs_step(self, h, z, action, obs, noise=None, mode=False) -> dict[str, tf.Tensor]:
+        """``obs``: a dict with the model's observation keys."""
+        state, post, prior = self.rssm.obs_step(RssmState(h, z), action, obs,
                                                 sample=False, noise=self._noise(noise, mode, h))
         return {"h_next": state.h, "z_next": state.z, "post_logits": post,
                 "prior_logits": prior}
@@ -133,6 +137,10 @@ class InferenceModule(tf.Module):
     def plan_discrete(self, h, z, noise, top_k, discount) -> dict[str, tf.Tensor]:
         return cem(rssm_rollout(self.rssm), h, z, noise, top_k, discount, "discrete")
 
+    def decode(self, h, z) -> dict[str, tf.Tensor]:
+        """The decoder's prediction of every observation key from the state."""
+        return decode_observation(self.config, self.model.decoder(RssmState(h, z).feat()))
+
     # ----------------------------------------------------------- signatures
     def function(self, name: str) -> tuple[Any, list[tf.TensorSpec]]:
         """``(fn, specs)`` of a signature: ``fn(**inputs) -> outputs`` (plain Python,
@@ -140,8 +148,8 @@ class InferenceModule(tf.Module):
         s = self.specs
         if name == "initial_state":
             return self.initial_state, [tf.TensorSpec([], tf.int32, name="batch_size")]
-        if name == "predict":
-            return self.predict, [s["h"], s["z"]]
+        if name in ("predict", "decode"):
+            return getattr(self, name), [s["h"], s["z"]]
         if name in PLAN_SIGNATURES:
             specs = [s["h"], s["z"], s["plan_noise"], s["top_k"], s["discount"]]
             if name == "plan_continuous":
@@ -150,11 +158,15 @@ class InferenceModule(tf.Module):
         base = name.removesuffix("_mode").removesuffix("_noise")
         if base not in STOCHASTIC or name not in SIGNATURES:
             raise ValueError(f"unknown signature {name!r}; expected one of {SIGNATURES}")
-        obs_specs = [s[k] for k in self.config.obs_keys]
-        specs = {"obs_step": [s["h"], s["z"], s["action"], *obs_specs],
+        specs = {"obs_step": [s["h"], s["z"], s["action"], *self.obs_specs.values()],
                  "imagine_step": [s["h"], s["z"], s["action"]],
                  "imagine": [s["h"], s["z"], s["actions"]]}[base]
         method = getattr(self, base)
+        if base == "obs_step":  # the observation keys, flat inputs, as one dict
+            keys = tuple(self.obs_specs)
+
+            def method(**kw: Any) -> dict[str, tf.Tensor]:
+                return self.obs_step(obs={k: kw.pop(k) for k in keys}, **kw)
         if name.endswith("_mode"):
             return (lambda **kw: method(**kw, mode=True)), specs
         if name.endswith("_noise"):

@@ -29,7 +29,7 @@ from rssm_tf_export.runner import (
     make_cases,
     run_all,
     save_cases,
-    without_planner,
+    litert_cases,
 )
 from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend
 
@@ -122,7 +122,8 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
     """Runs the cases through every available backend and compares with eager."""
     c = module.config
     dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
-                                       "obs_dim", "action_dim", "image_shape")}
+                                       "action_dim")}
+    dims["obs_space"] = c.obs_shapes
     cases = make_cases(dims, batch, rollout, horizon, seed)
     reference = run_all(_tf_call(module, "eager"), cases)
     report: dict[str, Any] = {"tolerance": TOLERANCE, "reference": "eager",
@@ -141,7 +142,7 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
     if onnx_dir is not None:
         report["backends"]["onnx"] = compare(reference, run_all(onnx_call(onnx_dir), cases))
     if litert_dir is not None:  # LiteRT has no planner (it cannot lower the loops)
-        steps = without_planner(cases)
+        steps = litert_cases(cases)
         report["backends"]["litert"] = compare(
             {n: reference[n] for n in steps}, run_all(litert_call(litert_dir), steps))
     report["passed"] = all(b["passed"] for b in report["backends"].values())

@@ -24,13 +24,13 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     """Random inputs for every deterministic signature (the planners: one iteration of
     12 candidates of 4 steps) and two multi-step rollouts.
 
-    ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``obs_dim``
-    (0: no vector), ``action_dim`` and ``image_shape`` (absent or None: no image;
-    images are random uint8 pixels).
+    ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``action_dim``
+    and ``obs_space`` ``{key: per-step shape}`` (rank 1: a float vector, rank 3: uint8
+    pixels; the resolved space, ``RssmConfig.obs_shapes``).
     """
     rng = np.random.default_rng(seed)
     d, s, k = dims["deterministic_size"], dims["n_categories"], dims["n_classes"]
-    o, a = dims["obs_dim"], dims["action_dim"]
+    a, space = dims["action_dim"], dims["obs_space"]
 
     def f32(x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float32)
@@ -38,13 +38,11 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     h = f32(rng.normal(size=(batch, d)) * 0.5)
     z = f32(np.eye(k)[rng.integers(0, k, (batch, s))].reshape(batch, s * k))
     action = f32(rng.uniform(-1, 1, (batch, a)))
-    shape = dims.get("image_shape")
 
     def observation(*lead: int) -> dict[str, np.ndarray]:
-        out = {"obs": f32(rng.normal(size=(*lead, o)))} if o else {}
-        if shape:
-            out["image"] = rng.integers(0, 256, (*lead, *shape)).astype(np.uint8)
-        return out
+        return {key: rng.integers(0, 256, (*lead, *shape)).astype(np.uint8)
+                if len(shape) == 3 else f32(rng.normal(size=(*lead, *shape)))
+                for key, shape in space.items()}
 
     obs = observation(batch)
     noise = f32(rng.uniform(0.001, 0.999, (batch, s, k)))
@@ -75,6 +73,7 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
         "imagine_step_mode": {"signature": "imagine_step_mode",
                               "inputs": dict(h=h, z=z, action=action)},
         "predict": {"signature": "predict", "inputs": dict(h=h, z=z)},
+        "decode": {"signature": "decode", "inputs": dict(h=h, z=z)},
         "imagine_noise": {"signature": "imagine_noise",
                           "inputs": dict(h=h, z=z, actions=actions, noise=noise_seq)},
         "imagine_mode": {"signature": "imagine_mode",
@@ -87,10 +86,11 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     }
 
 
-def without_planner(cases: dict[str, dict]) -> dict[str, dict]:
-    """The cases but the planner's: what LiteRT runs (it cannot lower their loops)."""
+def litert_cases(cases: dict[str, dict]) -> dict[str, dict]:
+    """The cases of the signatures converted to LiteRT: not the planner's (LiteRT
+    cannot lower their loops) nor ``decode`` (not converted)."""
     return {name: case for name, case in cases.items()
-            if not case["signature"].startswith("plan_")}
+            if not case["signature"].startswith("plan_") and case["signature"] != "decode"}
 
 
 def run_case(call: Call, case: dict) -> dict[str, np.ndarray]:

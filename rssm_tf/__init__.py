@@ -6,8 +6,10 @@ Three lines::
     rssm = Rssm(RssmConfig(obs_dim=4, action_dim=2))
     state, post_logits, prior_logits = rssm.obs_step(rssm.initial_state(1), action, obs)
 
-Images: ``RssmConfig(obs_dim=0, action_dim=2, image_shape=(64, 64, 3))`` and uint8
-frames as ``obs`` (or ``obs_dim > 0`` too, and a dict ``{"obs": ..., "image": ...}``).
+Any dict of observations (DreamerV3's ``obs_space``): ``RssmConfig(obs_space={"joints":
+(7,), "camera": (64, 64, 3)}, action_dim=2)`` and ``obs={"joints": [B, 7] floats,
+"camera": [B, 64, 64, 3] uint8}``. ``obs_dim`` and ``image_shape`` are the short forms
+of one vector key ``"obs"`` and one image key ``"image"``.
 """
 
 from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard

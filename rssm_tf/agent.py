@@ -47,13 +47,16 @@ def _env_action(space: Any, planned: np.ndarray, explore: float,
 def run_episodes(env_id: str, planner: Any, episodes: int, seed: int = 0,
                  explore: float = 0.0, directory: str | os.PathLike | None = None,
                  prefix: str = "plan", max_steps: int | None = None,
-                 image_size: Any = None) -> list[dict[str, Any]]:
+                 image_size: Any = None, vector_keys: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
     """Runs ``episodes`` episodes of ``env_id`` at once (seeds ``seed``, ``seed + 1``,
     ...) with ``planner`` choosing every action.
 
     ``explore``: exploration (see :func:`_env_action`; 0 for evaluation). ``directory``:
     where to save the episodes (episode format, ``{prefix}-{seed:06d}.npz``).
-    ``max_steps`` cuts an episode (not terminal). Returns per episode ``return``,
+    ``max_steps`` cuts an episode (not terminal); ``image_size`` and ``vector_keys``
+    name the observations as :func:`rssm_tf.collect.make_env` does. Returns per
+    episode ``return``,
     ``length`` and ``path`` (or None).
     """
     check_positive_int("episodes", episodes)
@@ -62,7 +65,7 @@ def run_episodes(env_id: str, planner: Any, episodes: int, seed: int = 0,
     if max_steps is not None:
         check_positive_int("max_steps", max_steps)
     keys = tuple(planner.obs_keys)
-    made = [make_env(env_id, image_size) for _ in range(episodes)]
+    made = [make_env(env_id, image_size, vector_keys) for _ in range(episodes)]
     envs, observers = [m[0] for m in made], [m[1] for m in made]
     action_dim, encode = _action_codec(envs[0].action_space)
     rng = np.random.default_rng(seed)
@@ -73,7 +76,7 @@ def run_episodes(env_id: str, planner: Any, episodes: int, seed: int = 0,
         if missing:
             raise ValueError(f"the planner's model needs observation keys {list(keys)}; "
                              f"{env_id} gives {sorted(first[0])} (image_size renders "
-                             "frames as 'image')")
+                             "frames as 'image', vector_keys names parts of a vector)")
         planner.reset(episodes)
         last_action = np.zeros((episodes, action_dim), np.float32)
         current = first

@@ -95,26 +95,31 @@ def frames_figure(real: np.ndarray, dream: np.ndarray, context: int, title: str 
     return buffer.getvalue()
 
 
-def imagination_figure(real_obs: np.ndarray, dream_obs: np.ndarray, real_reward: np.ndarray,
+def imagination_figure(real_obs: np.ndarray | dict[str, np.ndarray],
+                       dream_obs: np.ndarray | dict[str, np.ndarray], real_reward: np.ndarray,
                        dream_reward: np.ndarray, context: int, title: str = "",
                        max_dims: int = 4) -> bytes:
     """PNG bytes: real vs open-loop imagined observation dims and reward over time.
 
-    ``real_obs`` [T, O], ``dream_obs`` [T, O] (reconstructions for the context steps,
-    imagination after), rewards [T]; a dashed line marks where imagination starts.
+    ``real_obs``, ``dream_obs``: [T, O] or a dict of vector keys [T, O_k]
+    (reconstructions for the context steps, imagination after; the first
+    ``max_dims`` dims of each key are drawn), rewards [T]; a dashed line marks where
+    imagination starts.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dims = min(max_dims, real_obs.shape[-1])
-    fig, axes = plt.subplots(dims + 1, 1, figsize=(7, 1.6 * (dims + 1)), sharex=True,
+    if not isinstance(real_obs, dict):
+        real_obs, dream_obs = {"obs": real_obs}, {"obs": dream_obs}
+    series = [(real[:, i], dream_obs[key][:, i], f"{key}[{i}]")
+              for key, real in real_obs.items() for i in range(min(max_dims, real.shape[-1]))]
+    series.append((real_reward, dream_reward, "reward"))
+    fig, axes = plt.subplots(len(series), 1, figsize=(7, 1.6 * len(series)), sharex=True,
                              squeeze=False)
     axes = axes[:, 0]
-    steps = np.arange(len(real_obs))
-    series = [(real_obs[:, i], dream_obs[:, i], f"obs[{i}]") for i in range(dims)]
-    series.append((real_reward, dream_reward, "reward"))
+    steps = np.arange(len(real_reward))
     for ax, (real, dream, label) in zip(axes, series):
         ax.plot(steps, real, color="black", label="real")
         ax.plot(steps, dream, color="tab:orange", linestyle="--", label="imagined")
@@ -132,10 +137,11 @@ def imagination_figure(real_obs: np.ndarray, dream_obs: np.ndarray, real_reward:
 
 class ImaginationCallback(keras.callbacks.Callback):
     """After each epoch, writes ``out_dir/imagination_epoch{N}.png`` (real vs
-    open-loop imagined observations and rewards of one held-out window; for an image
-    model the real and imagined frames side by side, :func:`frames_figure`, in
-    ``imagination_frames_epoch{N}.png``) and, with ``log_dir``, the same pictures to
-    TensorBoard under ``imagination`` and ``imagination_frames``.
+    open-loop imagined curves of the vector keys and the reward for one held-out
+    window) and, per image key, the real and imagined frames side by side
+    (:func:`frames_figure`) in ``imagination_frames_epoch{N}.png`` (one image key) or
+    ``imagination_frames_<key>_epoch{N}.png`` (several); with ``log_dir``, the same
+    pictures to TensorBoard under those names.
 
     ``episodes``: episode dicts; the first with ``context + horizon`` steps is used.
     """
@@ -147,8 +153,8 @@ class ImaginationCallback(keras.callbacks.Callback):
         chosen = [e for e in episodes if len(e["action"]) >= span]
         if not chosen:
             raise ValueError(f"no episode has context + horizon = {span} steps")
-        self.window = {k: v[None, :span] if k == "image" else v[None, :span].astype("float32")
-                       for k, v in chosen[0].items()}
+        self.window = {k: v[None, :span] if v.dtype == np.uint8
+                       else v[None, :span].astype("float32") for k, v in chosen[0].items()}
         self.window["is_first"][:, 0] = 1.0
         self.out_dir = Path(out_dir)
         self.context, self.horizon = context, horizon
@@ -163,13 +169,15 @@ class ImaginationCallback(keras.callbacks.Callback):
         dream = {k: np.concatenate([pred[f"context_{k}"][0], pred[k][0]]) for k in keys}
         ctx_reward = w["reward"][0, :self.context]  # the reward is not reconstructed
         dream_reward = np.concatenate([ctx_reward, pred["reward"][0].numpy()])
-        real_obs = w["obs"][0] if "obs" in keys else np.zeros((len(dream_reward), 0))
+        config, title = self.model.config, f"epoch {epoch + 1}"
         pictures = {"imagination": imagination_figure(
-            real_obs, dream.get("obs", real_obs), w["reward"][0], dream_reward,
-            self.context, title=f"epoch {epoch + 1}")}
-        if "image" in keys:
-            pictures["imagination_frames"] = frames_figure(
-                w["image"][0], dream["image"], self.context, title=f"epoch {epoch + 1}")
+            {k: w[k][0] for k in config.vector_keys}, dream, w["reward"][0], dream_reward,
+            self.context, title=title)}
+        images = config.image_keys
+        for key in images:
+            name = "imagination_frames" + (f"_{key}" if len(images) > 1 else "")
+            pictures[name] = frames_figure(w[key][0], dream[key], self.context,
+                                           title=f"{title}: {key}")
         self.paths = {name: write_atomic(self.out_dir / f"{name}_epoch{epoch + 1}.png", png)
                       for name, png in pictures.items()}
         if self.writer is not None:

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive, nargs="+", default=None, metavar="N",
                    help="also record rendered frames as 'image', resized to N x N "
                         "(or H W), e.g. --image-size 64 for pixel CartPole")
+    p.add_argument("--vector-keys", nargs="+", default=None, metavar="KEY=I[,J...]",
+                   help="store named parts of a vector observation instead of 'obs', "
+                        "picked by index, e.g. --vector-keys velocity=1,3 angle=2")
 
     p = sub.add_parser("train", help="fit a world model on an episode directory",
                        description="Fit a WorldModel with model.fit on random windows of "
@@ -91,10 +94,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="split the steps into this many epochs (1)")
     p.add_argument("--batch-size", type=_positive, default=16, help="windows per batch (16)")
     p.add_argument("--seq-len", type=_positive, default=64, help="window length T (64)")
-    p.add_argument("--obs-keys", nargs="+", choices=["obs", "image"], default=None,
-                   help="observation keys to model (default: all the episodes have)")
+    p.add_argument("--obs-keys", nargs="+", default=None, metavar="KEY",
+                   help="observation keys to model (default: all the episodes have), "
+                        "e.g. --obs-keys image velocity")
     p.add_argument("--config", default=None,
-                   help="RssmConfig fields other than obs_dim/action_dim/image_shape, as "
+                   help="RssmConfig fields other than the observation space and action_dim, as "
                         "a JSON file or inline JSON, e.g. config.json or "
                         "'{\"deterministic_size\": 256}' (default: the seed config)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
@@ -131,8 +135,26 @@ def cmd_collect(args: argparse.Namespace) -> None:
         raise ValueError(f"--image-size takes N or H W, got {size}")
     paths = collect(args.env, args.episodes, args.out, seed=args.seed,
                     max_steps=args.max_steps, progress=True,
-                    image_size=None if size is None else tuple(size * (3 - len(size))))
+                    image_size=None if size is None else tuple(size * (3 - len(size))),
+                    vector_keys=parse_vector_keys(args.vector_keys))
     print(f"wrote {len(paths)} episodes to {args.out}")
+
+
+def parse_vector_keys(items: list[str] | None) -> dict[str, list[int]] | None:
+    """``--vector-keys velocity=1,3 angle=2`` -> ``{"velocity": [1, 3], "angle": [2]}``."""
+    if items is None:
+        return None
+    out = {}
+    for item in items:
+        key, sep, indices = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            out[key] = [int(i) for i in indices.split(",")]
+        except ValueError:
+            raise ValueError(f"--vector-keys takes KEY=I[,J...] with integer indices, "
+                             f"got {item!r}") from None
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -201,7 +223,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     result = evaluate_open_loop(_load_model(args.model), EpisodeStore(args.data).load(),
                                 args.context, args.horizon)
-    names = [k for k in ("obs", "image", "reward") if f"{k}_mse" in result]
+    names = [k.removesuffix("_mse") for k in result
+             if k.endswith("_mse") and not k.startswith("mean_")]
     print(f"{'step':>4}" + "".join(f" {k + '_mse':>11} {'mean_pred':>10}" for k in names))
     for i in range(args.horizon):
         print(f"{i + 1:>4}" + "".join(f" {result[k + '_mse'][i]:>11.5f} "
@@ -221,7 +244,8 @@ def cmd_imagine(args: argparse.Namespace) -> None:
                                    args.context, args.horizon)
     callback.set_model(_load_model(args.model))
     callback.on_epoch_end(-1)
-    picture = callback.paths.get("imagination_frames", callback.paths["imagination"])
+    frames = sorted(n for n in callback.paths if n.startswith("imagination_frames"))
+    picture = callback.paths[frames[0] if frames else "imagination"]
     os.replace(picture, args.out)
     print(f"wrote {args.out}")
 

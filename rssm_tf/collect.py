@@ -1,11 +1,17 @@
 """Collect episodes from a gymnasium environment into an episode directory.
 
-Needs the ``examples`` extra (``gymnasium``). Vector observations (``Box``) are
-flattened into ``obs``; image observations (a uint8 ``Box`` of shape [H, W, C]) are
-stored as ``image``. ``image_size=(H, W)`` also records the rendered frame of every
-step (``render_mode="rgb_array"``) as ``image``, resized with area averaging, so a
-vector environment such as CartPole becomes a pixel one offline. ``Box`` actions are
-stored as they are, ``Discrete`` ones one-hot.
+Needs the ``examples`` extra (``gymnasium``). Observations become episode keys:
+
+- a vector ``Box`` is flattened into ``obs`` (``vector_keys={"velocity": [1, 3]}``
+  stores named parts of it instead, picked by index);
+- an image ``Box`` (uint8 [H, W, C]) is stored as ``image``;
+- a ``Dict`` space gives one key per entry, named after it (images by the same rule,
+  every other ``Box`` flattened);
+- ``image_size=(H, W)`` also records the rendered frame of every step
+  (``render_mode="rgb_array"``) as ``image``, so a vector environment such as
+  CartPole becomes a pixel one offline. Images are resized with area averaging.
+
+``Box`` actions are stored as they are, ``Discrete`` ones one-hot.
 """
 
 from __future__ import annotations
@@ -82,14 +88,37 @@ class EpisodeRecorder:
         return len(self.steps["action"])
 
     def episode(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v, np.uint8 if k == "image" else np.float32)
+        return {k: np.asarray(v, np.uint8 if np.ndim(v[0]) == 3 else np.float32)
                 for k, v in self.steps.items()}
 
 
-def make_env(env_id: str, image_size: Any = None) -> tuple[Any, Callable[[Any], dict]]:
+def _is_image(space: Any) -> bool:
+    return space.dtype == np.uint8 and len(space.shape) == 3
+
+
+def _check_vector_keys(vector_keys: Any, size: int) -> dict[str, list[int]] | None:
+    if vector_keys is None:
+        return None
+    if not isinstance(vector_keys, dict) or not vector_keys:
+        raise ValueError(f"vector_keys must be a non-empty dict {{key: indices}}, got "
+                         f"{vector_keys!r}")
+    out = {}
+    for key, indices in vector_keys.items():
+        indices = [indices] if isinstance(indices, int) else list(indices)
+        if not indices or any(isinstance(i, bool) or not isinstance(i, int)
+                              or not 0 <= i < size for i in indices):
+            raise ValueError(f"vector_keys[{key!r}] must be indices in [0, {size}) of "
+                             f"the flattened observation, got {vector_keys[key]!r}")
+        out[str(key)] = indices
+    return out
+
+
+def make_env(env_id: str, image_size: Any = None,
+             vector_keys: dict[str, Any] | None = None
+             ) -> tuple[Any, Callable[[Any], dict]]:
     """``(env, observe)``: the gymnasium environment (rendering frames when
-    ``image_size`` is set) and ``observe(obs) -> {"obs": [O]} and/or {"image": [H, W, C]}``
-    in the episode format (see the module docstring)."""
+    ``image_size`` is set) and ``observe(obs) -> {key: array}`` in the episode format
+    (the keys as the module docstring says)."""
     import gymnasium as gym
     from gymnasium import spaces
 
@@ -99,16 +128,34 @@ def make_env(env_id: str, image_size: Any = None) -> tuple[Any, Callable[[Any], 
     except Exception as error:  # gymnasium raises several error types here
         raise ValueError(f"env_id {env_id!r} cannot be made by gymnasium: {error}") from None
     space = env.observation_space
-    if not isinstance(space, spaces.Box):
+    parts = dict(space.spaces) if isinstance(space, spaces.Dict) else None
+    if not all(isinstance(s, spaces.Box) for s in (parts or {"": space}).values()):
         env.close()
-        raise TypeError(f"env_id {env_id!r} has observation space {space}; only Box "
-                        "observations (vectors or uint8 images) are supported")
-    pixels = space.dtype == np.uint8 and len(space.shape) == 3
+        raise TypeError(f"env_id {env_id!r} has observation space {space}; supported: "
+                        "Box (vectors or uint8 images) and a Dict of Box")
+    try:
+        if parts is not None and vector_keys is not None:
+            raise ValueError("vector_keys splits a Box vector observation; "
+                             f"{env_id!r} has a Dict observation space (its keys are used)")
+        pixels = parts is None and _is_image(space)
+        split = None if parts is not None or pixels else _check_vector_keys(
+            vector_keys, int(np.prod(space.shape)))
+        if (parts and size and "image" in parts) or (split and size and "image" in split):
+            raise ValueError(f"image_size records rendered frames as 'image', but "
+                             f"{env_id!r} observations already have a key 'image'")
+    except ValueError:
+        env.close()
+        raise
 
     def observe(obs: Any) -> dict[str, np.ndarray]:
-        if pixels:
+        if parts is not None:
+            out = {k: resize_image(obs[k], size) if _is_image(parts[k])
+                   else np.asarray(obs[k], np.float32).ravel() for k in parts}
+        elif pixels:
             return {"image": resize_image(obs, size)}
-        out = {"obs": np.asarray(obs, np.float32).ravel()}
+        else:
+            flat = np.asarray(obs, np.float32).ravel()
+            out = {"obs": flat} if split is None else {k: flat[i] for k, i in split.items()}
         if size:
             out["image"] = resize_image(env.render(), size)
         return out
@@ -120,19 +167,21 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
             policy: Callable[[np.ndarray], Any] | None = None, seed: int = 0,
             max_steps: int | None = None, prefix: str = "episode",
             progress: bool = False, image_size: tuple[int, int] | int | None = None,
-            compress: bool = False) -> list[Path]:
+            compress: bool = False, vector_keys: dict[str, Any] | None = None
+            ) -> list[Path]:
     """Runs ``episodes`` episodes of ``env_id`` and saves each one atomically.
 
     ``policy(obs) -> action`` in the environment's own action format; the default
     samples the action space uniformly (seeded by ``seed``). ``max_steps`` cuts an
     episode (a time limit: not terminal). ``image_size`` (H, W) records rendered
-    frames as ``image`` (and resizes image observations); ``compress`` writes compressed
-    files (see :func:`rssm_tf.data.save_episode`). Returns the written paths.
+    frames as ``image`` (and resizes image observations); ``vector_keys`` stores named
+    parts of a vector observation (``{"velocity": [1]}``); ``compress`` writes
+    compressed files (see :func:`rssm_tf.data.save_episode`). Returns the written paths.
     """
     check_positive_int("episodes", episodes)
     if max_steps is not None:
         check_positive_int("max_steps", max_steps)
-    env, observe = make_env(env_id, image_size)
+    env, observe = make_env(env_id, image_size, vector_keys)
     action_dim, encode = _action_codec(env.action_space)
     env.action_space.seed(seed)
     paths = []

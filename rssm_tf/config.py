@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 from rssm_tf.validation import check_positive_int
@@ -16,6 +17,14 @@ from rssm_tf.validation import check_positive_int
 _ACTIVATIONS = ("silu",)
 _NORMS = ("rms", "layer")
 _INITIAL = ("zeros",)
+# A key becomes a SavedModel/ONNX input name, a batch key and an output name: a
+# letter, then letters, digits and underscores, none of the names these already use.
+_KEY_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+RESERVED_KEYS = frozenset({
+    "action", "actions", "reward", "is_first", "is_terminal", "h", "z", "noise",
+    "batch_size", "top_k", "discount", "low", "high", "h_next", "z_next", "h_seq",
+    "z_seq", "post_logits", "prior_logits", "reward_logits", "continue_prob",
+    "continue_logits", "recon", "plan", "elite_return", "returns", "loss"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +41,18 @@ class RssmConfig:
     vector encoder and decoder, ``prior_layers`` 2, ``posterior_layers`` 1,
     ``reward_bins`` 255, ``initial`` "zeros" (the initial state).
 
+    Observations (DreamerV3's ``obs_space``): ``obs_space={"joints": (7,), "camera":
+    (64, 64, 3)}`` names every observation key and its per-step shape: rank 1 is a
+    float vector, rank 3 a uint8 image [H, W, C] (all image keys the same H and W).
+    ``obs_dim=O`` and ``image_shape=(H, W, C)`` are the short forms of one vector key
+    ``"obs"`` and one image key ``"image"``; give either the short forms or
+    ``obs_space``. :attr:`obs_shapes` is the resolved space either way.
+
     Shapes: the state is ``h`` [B, D] and ``z`` [B, S*K]; ``feat`` is [B, D + S*K].
     """
 
-    obs_dim: int
-    action_dim: int
+    obs_dim: int = 0
+    action_dim: int | None = None
     deterministic_size: int = 512
     n_categories: int = 32
     n_classes: int = 32
@@ -56,12 +72,16 @@ class RssmConfig:
     cnn_depth: int = 32
     cnn_kernel: int = 4
     cnn_minres: int = 4
+    obs_space: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
+        if self.action_dim is None:
+            raise ValueError("action_dim is required: the width of the action vector")
         if isinstance(self.obs_dim, bool) or not isinstance(self.obs_dim, int) \
                 or self.obs_dim < 0:
             raise ValueError(f"obs_dim must be a non-negative integer (0: no vector "
                              f"observation), got {self.obs_dim!r}")
+        self._check_space()
         self._check_image()
         for name in ("action_dim", "deterministic_size", "n_categories",
                      "n_classes", "hidden_size", "head_layers", "encoder_layers",
@@ -88,49 +108,145 @@ class RssmConfig:
         if self.initial not in _INITIAL:
             raise ValueError(f"initial must be one of {_INITIAL}, got {self.initial!r}")
 
+    def _check_space(self) -> None:
+        space = self.obs_space
+        if space is None:
+            return
+        if self.obs_dim or self.image_shape is not None:
+            raise ValueError(
+                f"give obs_space or its short forms obs_dim/image_shape, not both; got "
+                f"obs_space={space!r}, obs_dim={self.obs_dim!r}, "
+                f"image_shape={self.image_shape!r}")
+        if not isinstance(space, dict) or not space:
+            raise ValueError(f"obs_space must be a non-empty dict {{key: shape}}, got "
+                             f"{space!r}")
+        resolved = {}
+        for key in sorted(space, key=str):
+            shape = space[key]
+            if not isinstance(key, str) or not _KEY_PATTERN.fullmatch(key):
+                raise ValueError(
+                    f"obs_space key {key!r} is not a valid input name: expected a letter "
+                    f"followed by letters, digits or underscores")
+            if key in RESERVED_KEYS:
+                raise ValueError(f"obs_space key {key!r} is a name the model already uses "
+                                 f"for another input or output; reserved: "
+                                 f"{sorted(RESERVED_KEYS)}")
+            if isinstance(shape, int) and not isinstance(shape, bool):
+                shape = (shape,)
+            if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") \
+                    or len(shape) not in (1, 3) or any(
+                        isinstance(v, bool) or not isinstance(v, int) or v <= 0
+                        for v in shape):
+                raise ValueError(
+                    f"obs_space[{key!r}] must be (size,) for a vector or (height, width, "
+                    f"channels) for an image, of positive integers; got {shape!r}")
+            resolved[key] = tuple(shape)
+        sides = {k: s[:2] for k, s in resolved.items() if len(s) == 3}
+        if len(set(sides.values())) > 1:
+            raise ValueError(f"obs_space image keys must share height and width (their "
+                             f"channels are stacked for one CNN); got {sides}")
+        object.__setattr__(self, "obs_space", resolved)  # sorted, tuples (JSON: lists)
+
     def _check_image(self) -> None:
         for name in ("cnn_depth", "cnn_kernel", "cnn_minres"):
             check_positive_int(name, getattr(self, name))
         shape = self.image_shape
-        if shape is None:
+        if self.obs_space is None and shape is None:
             if self.obs_dim == 0:
                 raise ValueError("obs_dim is 0 and image_shape is None: the model needs "
-                                 "a vector (obs_dim > 0) or an image (image_shape) input")
+                                 "a vector (obs_dim > 0) or an image (image_shape) input, "
+                                 "or an obs_space")
             return
-        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") \
-                or len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int)
-                                          or v <= 0 for v in shape):
-            raise ValueError(f"image_shape must be (height, width, channels) of positive "
-                             f"integers, got {shape!r}")
-        object.__setattr__(self, "image_shape", tuple(shape))  # JSON gives a list
-        height, width, _ = shape
+        if shape is not None:
+            if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") \
+                    or len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int)
+                                              or v <= 0 for v in shape):
+                raise ValueError(f"image_shape must be (height, width, channels) of "
+                                 f"positive integers, got {shape!r}")
+            object.__setattr__(self, "image_shape", tuple(shape))  # JSON gives a list
+        grid = self.image_grid
+        if grid is None:
+            return
+        height, width, _ = grid
+        name = "image_shape" if shape is not None else f"obs_space[{self.image_keys[0]!r}]"
         stages = self.cnn_stages
         if stages < 1:
-            raise ValueError(f"image_shape {tuple(shape)}: the image must be taller than "
+            raise ValueError(f"{name} {grid[:2]}: the image must be taller than "
                              f"cnn_minres={self.cnn_minres}")
         step = 2 ** stages
         for side, size in (("height", height), ("width", width)):
             if size % step:
                 below, above = max(step, size // step * step), (size // step + 1) * step
                 raise ValueError(
-                    f"image_shape {side} {size} must be a multiple of 2**{stages} = {step}: "
+                    f"{name} {side} {size} must be a multiple of 2**{stages} = {step}: "
                     f"the encoder halves the image {stages} times (strided convolutions "
                     f"from height {height} down to cnn_minres={self.cnn_minres}); use "
                     f"e.g. {below} or {above}")
 
+    @classmethod
+    def for_space(cls, obs_space: dict[str, tuple[int, ...]], action_dim: int,
+                  **fields: Any) -> RssmConfig:
+        """A config for ``obs_space``, written with the short forms when the space is
+        one ``"obs"`` vector and/or one ``"image"`` image (so it equals
+        ``RssmConfig(obs_dim, action_dim, image_shape=...)``)."""
+        shapes = {k: tuple(v) for k, v in obs_space.items()}
+        short = set(shapes) <= {"obs", "image"} \
+            and len(shapes.get("obs", (0,))) == 1 and len(shapes.get("image", (0,) * 3)) == 3
+        if short:
+            return cls(obs_dim=shapes["obs"][0] if "obs" in shapes else 0,
+                       action_dim=action_dim, image_shape=shapes.get("image"), **fields)
+        return cls(action_dim=action_dim, obs_space=shapes, **fields)
+
+    @property
+    def obs_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The observation space, short forms resolved: ``{key: per-step shape}`` in
+        :attr:`obs_keys` order."""
+        if self.obs_space is not None:
+            return dict(self.obs_space)
+        shapes: dict[str, tuple[int, ...]] = {}
+        if self.obs_dim:
+            shapes["obs"] = (self.obs_dim,)
+        if self.image_shape:
+            shapes["image"] = tuple(self.image_shape)
+        return shapes
+
+    @property
+    def vector_keys(self) -> tuple[str, ...]:
+        """The keys of rank 1 (float vectors), concatenated for the vector encoder."""
+        return tuple(k for k, s in self.obs_shapes.items() if len(s) == 1)
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        """The keys of rank 3 (uint8 images), stacked on channels for the CNN."""
+        return tuple(k for k, s in self.obs_shapes.items() if len(s) == 3)
+
+    @property
+    def vector_size(self) -> int:
+        """The summed width of the vector keys (the vector encoder's input)."""
+        return sum(self.obs_shapes[k][0] for k in self.vector_keys)
+
+    @property
+    def image_grid(self) -> tuple[int, int, int] | None:
+        """(H, W, summed channels) of the image keys (the CNN's input), or None."""
+        keys = self.image_keys
+        if not keys:
+            return None
+        height, width, _ = self.obs_shapes[keys[0]]
+        return (height, width, sum(self.obs_shapes[k][2] for k in keys))
+
     @property
     def obs_keys(self) -> tuple[str, ...]:
-        """The observation keys of the model: ``"obs"`` (vector) and/or ``"image"``."""
-        return (("obs",) if self.obs_dim else ()) + \
-            (("image",) if self.image_shape else ())
+        """The observation keys of the model, in the order of :attr:`obs_shapes`."""
+        return tuple(self.obs_shapes)
 
     @property
     def cnn_stages(self) -> int:
         """Strided convolutions of the image encoder: halvings of the image height
         until it is at most ``cnn_minres`` (0 without images)."""
-        if not self.image_shape:
+        grid = self.image_grid
+        if grid is None:
             return 0
-        stages, height = 0, self.image_shape[0]
+        stages, height = 0, grid[0]
         while height > self.cnn_minres:
             height, stages = height / 2, stages + 1
         return stages
@@ -150,6 +266,10 @@ class RssmConfig:
         values = dataclasses.asdict(self)
         if self.image_shape is not None:
             values["image_shape"] = list(self.image_shape)
+        if self.obs_space is None:
+            del values["obs_space"]  # configs without it read as before
+        else:
+            values["obs_space"] = {k: list(v) for k, v in self.obs_space.items()}
         return values
 
     @classmethod

@@ -5,16 +5,21 @@ Episode format: one ``.npz`` file per episode with
 ==============  =========  ===================================================
 key             shape      meaning
 ==============  =========  ===================================================
-``obs``         [T, O]     vector observation at step t (float)
-``image``       [T, H,     image observation at step t, uint8 in [0, 255]
-                W, C]      (an episode has ``obs``, ``image`` or both)
-``action``      [T, A]     the action that led to ``obs[t]`` (zeros at t=0;
-                           discrete actions one-hot)
-``reward``      [T]        reward received on arriving at ``obs[t]`` (0 at t=0)
+<key>           [T, O]     a vector observation at step t (float), e.g. ``obs``
+<key>           [T, H,     an image observation at step t, uint8 in [0, 255],
+                W, C]      e.g. ``image`` (any number of keys of either kind)
+``action``      [T, A]     the action that led to the observations of step t
+                           (zeros at t=0; discrete actions one-hot)
+``reward``      [T]        reward received on arriving at step t (0 at t=0)
 ``is_first``    [T]        1 at t=0, else 0
 ``is_terminal`` [T]        1 where the episode ended by termination (not by a
                            time limit), else 0
 ==============  =========  ===================================================
+
+The observation keys are the arrays other than the four step keys with at least one
+axis per step (they must be vectors [T, O] or images [T, H, W, C]); arrays [T] of
+per-step scalars (and scalars) are not observations and are dropped when an episode
+is validated.
 
 Files are written to a temporary name in the same directory and renamed, so a crash
 never leaves a half-written episode under a real name.
@@ -35,9 +40,19 @@ from rssm_tf.atomic import atomic_path
 from rssm_tf.config import RssmConfig
 from rssm_tf.validation import check_positive_int
 
-OBS_KEYS = ("obs", "image")
 STEP_KEYS = ("action", "reward", "is_first", "is_terminal")
-EPISODE_KEYS = ("obs",) + STEP_KEYS  # the keys of a vector episode
+
+
+def observation_keys(shapes: dict[str, Any]) -> tuple[str, ...]:
+    """The observation keys among ``shapes`` (``{key: per-step shape}``), sorted: the
+    keys other than :data:`STEP_KEYS` with a per-step shape (vectors have rank 1,
+    images rank 3; :func:`validate_episode` refuses other ranks)."""
+    return tuple(sorted(k for k, s in shapes.items() if k not in STEP_KEYS and len(s)))
+
+
+def step_shapes(episode: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """``{key: per-step shape}`` of an episode's arrays."""
+    return {k: tuple(np.shape(v)[1:]) for k, v in episode.items() if np.ndim(v) >= 1}
 
 
 class EpisodeError(ValueError):
@@ -45,38 +60,43 @@ class EpisodeError(ValueError):
 
 
 def validate_episode(episode: dict[str, Any], where: str = "episode") -> dict[str, np.ndarray]:
-    """Checks keys, ranks, lengths and finiteness; returns float32 arrays (``image``
-    stays uint8). Keys other than the observation and step keys are dropped.
+    """Checks keys, ranks, lengths and finiteness; returns the observation keys (see
+    :func:`observation_keys`: vectors as float32, images uint8) and the step keys
+    (float32). Other arrays are dropped.
 
     ``where`` names the episode in error messages (a file path, for instance).
     """
     if not isinstance(episode, dict) and not hasattr(episode, "keys"):
         raise EpisodeError(f"{where}: an episode must be a dict of arrays, got "
                            f"{type(episode).__name__}")
-    missing = [k for k in STEP_KEYS if k not in episode]
-    if not any(k in episode for k in OBS_KEYS):
-        missing.insert(0, "obs")
+    arrays = {k: np.asarray(episode[k]) for k in episode.keys()}
+    obs_keys = observation_keys(step_shapes(arrays))
+    missing = [k for k in STEP_KEYS if k not in arrays]
+    if not obs_keys:
+        missing.insert(0, "an observation key")
     if missing:
-        raise EpisodeError(f"{where}: missing key(s) {missing}; an episode has "
-                           f"{list(EPISODE_KEYS)} (with 'image' beside or in place of "
-                           "'obs')")
-    keys = [k for k in OBS_KEYS if k in episode] + list(STEP_KEYS)
+        found = {k: list(v.shape) for k, v in arrays.items()}
+        raise EpisodeError(f"{where}: missing key(s) {missing}; an episode has observation keys "
+                           f"([T, O] floats or [T, H, W, C] uint8 images, e.g. 'obs') and "
+                           f"{list(STEP_KEYS)}; got {found}")
     out = {}
-    for key in keys:
-        value = np.asarray(episode[key])
-        if key == "image":
+    for key in obs_keys + STEP_KEYS:
+        value = arrays[key]
+        if key in obs_keys and value.ndim not in (2, 4):
+            raise EpisodeError(f"{where}: {key} must have shape [T, O] (a vector) or "
+                               f"[T, H, W, C] (an image), got {list(value.shape)}")
+        if value.ndim == 4:
             if value.dtype != np.uint8:
-                raise EpisodeError(f"{where}: image must be uint8 pixels in [0, 255], got "
-                                   f"dtype {value.dtype}")
+                raise EpisodeError(f"{where}: {key} must be uint8 pixels in [0, 255] (an "
+                                   f"image [T, H, W, C]), got dtype {value.dtype}")
             out[key] = value
             continue
         if value.dtype.kind not in "fiub":
             raise EpisodeError(f"{where}: {key} must be numeric, got dtype {value.dtype}")
         out[key] = value.astype(np.float32)
-    ranks = {"obs": (2, "[T, O]"), "image": (4, "[T, H, W, C]"), "action": (2, "[T, A]"),
-             "reward": (1, "[T]"), "is_first": (1, "[T]"), "is_terminal": (1, "[T]")}
-    for key in keys:
-        rank, want = ranks[key]
+    ranks = {"action": (2, "[T, A]"), "reward": (1, "[T]"), "is_first": (1, "[T]"),
+             "is_terminal": (1, "[T]")}
+    for key, (rank, want) in ranks.items():
         if out[key].ndim != rank:
             raise EpisodeError(f"{where}: {key} must have shape {want}, got "
                                f"{list(out[key].shape)}")
@@ -85,8 +105,8 @@ def validate_episode(episode: dict[str, Any], where: str = "episode") -> dict[st
         raise EpisodeError(f"{where}: all keys must have the same length T, got {lengths}")
     if lengths["action"] < 1:
         raise EpisodeError(f"{where}: an episode needs at least one step")
-    for key in keys:
-        if key != "image" and not np.all(np.isfinite(out[key])):
+    for key, value in out.items():
+        if value.dtype != np.uint8 and not np.all(np.isfinite(value)):
             raise EpisodeError(f"{where}: {key} contains NaN or Inf values")
     for key in ("is_first", "is_terminal"):
         if not np.all((out[key] == 0) | (out[key] == 1)):
@@ -96,20 +116,22 @@ def validate_episode(episode: dict[str, Any], where: str = "episode") -> dict[st
 
 def config_for_episode(episode: dict[str, np.ndarray], obs_keys: tuple[str, ...] | None = None,
                        **fields: Any) -> RssmConfig:
-    """An :class:`RssmConfig` sized for ``episode``'s arrays: ``obs_dim`` from ``obs``,
-    ``image_shape`` from ``image`` (for the ``obs_keys`` chosen; default all the
-    episode has), ``action_dim`` from ``action``; ``fields`` set the rest."""
-    keys = _pick_obs_keys([episode], obs_keys, "the episode")
-    return RssmConfig(obs_dim=episode["obs"].shape[1] if "obs" in keys else 0,
-                      action_dim=episode["action"].shape[1],
-                      image_shape=tuple(episode["image"].shape[1:]) if "image" in keys
-                      else None, **fields)
+    """An :class:`RssmConfig` sized for ``episode``'s arrays: the observation space
+    from the ``obs_keys`` chosen (default all the episode has; one ``obs`` and/or one
+    ``image`` give the short forms ``obs_dim``/``image_shape``), ``action_dim`` from
+    ``action``; ``fields`` set the rest."""
+    keys = _pick_obs_keys([step_shapes(episode)], obs_keys, "the episode")
+    space = {k: tuple(np.shape(episode[k])[1:]) for k in keys}
+    return RssmConfig.for_space(space, np.shape(episode["action"])[1], **fields)
 
 
-def _pick_obs_keys(episodes: list[dict[str, Any]], obs_keys: Any, where: str
+def _pick_obs_keys(shapes: list[dict[str, Any]], obs_keys: Any, where: str
                    ) -> tuple[str, ...]:
-    """``obs_keys`` (default: the observation keys every episode has), checked."""
-    have = [k for k in OBS_KEYS if all(k in e for e in episodes)]
+    """``obs_keys`` (default: the observation keys every episode has), checked;
+    ``shapes``: one ``{key: per-step shape}`` per episode."""
+    have = [k for k in observation_keys(shapes[0]) if all(k in e for e in shapes)]
+    if isinstance(obs_keys, str):
+        obs_keys = (obs_keys,)
     keys = tuple(obs_keys) if obs_keys is not None else tuple(have)
     if not keys or any(k not in have for k in keys):
         raise ValueError(f"obs_keys must be a non-empty subset of the observation keys "
@@ -196,11 +218,12 @@ def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size
     while ``fit`` runs; ``replay_options`` go to it: ``capacity``, ``recent``,
     ``cache_mb``, ``refresh_seconds``, ``shard``), or a list of episode dicts (held in
     memory). Both give the same windows for the same seed.
-    Yields dicts ``{obs [B, T, O], action [B, T, A], reward [B, T], is_first [B, T],
-    is_terminal [B, T]}`` (float32) with ``image`` [B, T, H, W, C] (uint8, as stored:
-    the model scales it in its first op, so batches stay 4x smaller) for image
-    episodes; ``obs_keys`` picks the observation keys (default: those the episodes
-    have, e.g. ``("image",)`` to leave out a vector a pixel model does not use).
+    Yields dicts ``{action [B, T, A], reward [B, T], is_first [B, T], is_terminal
+    [B, T]}`` (float32) and every observation key: vectors float32 [B, T, O_k], images
+    uint8 [B, T, H, W, C_k] (as stored: the model scales them in its first op, so
+    batches stay 4x smaller); ``obs_keys`` picks the observation keys (default: those
+    the episodes have, e.g. ``("image",)`` to leave out a vector a pixel model does not
+    use).
     Windows are shuffled by the ``seed``, batched
     (``drop_remainder``) and prefetched. ``repeat=False`` gives one pass of
     ``total_steps // seq_len`` windows.
@@ -219,7 +242,7 @@ def make_dataset(directory: str | os.PathLike | list[dict[str, Any]], batch_size
     where = "the episode list"
     if not episodes:
         raise ValueError(f"no episodes in {where}")
-    keys = _pick_obs_keys(episodes, obs_keys, where) + STEP_KEYS
+    keys = _pick_obs_keys([step_shapes(e) for e in episodes], obs_keys, where) + STEP_KEYS
     shapes = {tuple((k, e[k].shape[1:]) for k in keys if k != "reward") for e in episodes}
     if len(shapes) != 1:
         raise ValueError(f"episodes in {where} disagree on their per-step shapes: "

@@ -1,11 +1,13 @@
 """The networks around the recurrent core: the observation encoder and decoder, the
 reward and continue heads, with DreamerV3's sizes (``RssmConfig``).
 
-Observations are a dict (``RssmConfig.obs_keys``): ``"obs"``, a float vector, goes
-through an :class:`~rssm_tf.layers.Mlp` on ``symlog(obs)``; ``"image"``, uint8
-[..., H, W, C], through DreamerV3's strided CNN on ``image / 255 - 0.5``. The
-embeddings are concatenated. The decoder predicts each key in its loss space:
-``symlog(obs)`` for the vector, the image in [-0.5, 0.5].
+Observations are a dict with the keys of ``RssmConfig.obs_shapes``, as DreamerV3's
+``Encoder(obs_space)``: the vector keys (float [..., O_k]) are concatenated and go
+through one :class:`~rssm_tf.layers.Mlp` on their symlog; the image keys (uint8
+[..., H, W, C_k]) are stacked on channels and go through one strided CNN on
+``image / 255 - 0.5``. The two embeddings are concatenated. The decoder predicts each
+key in its loss space (``symlog`` of a vector, an image in [-0.5, 0.5]): one MLP for
+all vector keys and one CNN for all image keys, split back per key.
 """
 
 from __future__ import annotations
@@ -154,62 +156,71 @@ class VectorEncoder(Mlp):
 
 @keras.saving.register_keras_serializable(package="rssm_tf")
 class ObsEncoder(keras.layers.Layer):
-    """One encoder per observation key of ``config``, embeddings concatenated:
-    ``vector`` (``encoder_layers`` of H on ``symlog(obs)``) and ``image``
-    (:class:`ImageEncoder`). Input: a dict ``{"obs": [..., O], "image": [..., H, W,
-    C] uint8}`` with the config's keys -> embed [..., ``embed_size``]."""
+    """The encoder of ``config``'s observation space: ``vector`` (``encoder_layers``
+    of H on the symlog of the vector keys, concatenated) and ``image``
+    (:class:`ImageEncoder` on the image keys stacked on channels), embeddings
+    concatenated. Input: a dict with ``config.obs_keys`` -> embed [..., ``embed_size``].
+    """
 
     def __init__(self, config: RssmConfig | dict, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         c = self.config = RssmConfig.from_dict(config)
         self.vector = self.image = None
-        if c.obs_dim:
+        if c.vector_keys:
             self.vector = VectorEncoder(c.encoder_layers, c.hidden_size, norm=c.norm,
                                         norm_eps=c.norm_eps, name="vector",
                                         dtype=self.dtype_policy)
-        if c.image_shape:
+        if c.image_keys:
             self.image = ImageEncoder(c.cnn_depth, c.cnn_stages, c.cnn_kernel, c.norm,
                                       c.norm_eps, name="image", dtype=self.dtype_policy)
         self.embed_size = (c.hidden_size if self.vector else 0) + \
-            (self.image.output_size(c.image_shape) if self.image else 0)
+            (self.image.output_size(c.image_grid) if self.image else 0)
 
     def build(self, input_shape: Any = None) -> None:
         if self.vector:
-            self.vector.build((None, self.config.obs_dim))
+            self.vector.build((None, self.config.vector_size))
         if self.image:
-            self.image.build((None,) + self.config.image_shape)
+            self.image.build((None,) + self.config.image_grid)
         self.built = True
 
     def call(self, obs: dict[str, tf.Tensor]) -> tf.Tensor:
-        parts = []
+        c, parts = self.config, []
         if self.vector:
-            parts.append(self.vector(obs["obs"]))
+            parts.append(self.vector(_stack(obs, c.vector_keys, self.compute_dtype)))
         if self.image:
-            parts.append(self.image(obs["image"]))
+            parts.append(self.image(_stack(obs, c.image_keys)))
         return parts[0] if len(parts) == 1 else tf.concat(parts, -1)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "config": self.config.to_dict()}
 
 
+def _stack(obs: dict[str, tf.Tensor], keys: tuple[str, ...], dtype: Any = None
+           ) -> tf.Tensor:
+    """The tensors of ``keys`` concatenated on the last axis (cast to ``dtype``)."""
+    parts = [obs[k] if dtype is None else tf.cast(obs[k], dtype) for k in keys]
+    return parts[0] if len(parts) == 1 else tf.concat(parts, -1)
+
+
 @keras.saving.register_keras_serializable(package="rssm_tf")
 class ObsDecoder(keras.layers.Layer):
-    """One decoder per observation key of ``config``: feat [..., D + S*K] -> a dict
-    with ``"obs"`` [..., O] (predicted ``symlog(obs)``, ``decoder_layers`` of H) and
-    ``"image"`` [..., H, W, C] (predicted ``image / 255 - 0.5``,
-    :class:`ImageDecoder`), both float32."""
+    """The decoder of ``config``'s observation space: feat [..., D + S*K] -> a dict
+    with every key of ``config.obs_keys``, float32: a vector key [..., O_k] as the
+    predicted ``symlog`` (one MLP of ``decoder_layers`` x H for all vector keys), an
+    image key [..., H, W, C_k] as the predicted ``image / 255 - 0.5`` (one
+    :class:`ImageDecoder` for all image keys' channels)."""
 
     def __init__(self, config: RssmConfig | dict, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         c = self.config = RssmConfig.from_dict(config)
         self.vector = self.image = None
-        if c.obs_dim:
-            self.vector = Mlp(c.decoder_layers, c.hidden_size, out_dim=c.obs_dim,
+        if c.vector_keys:
+            self.vector = Mlp(c.decoder_layers, c.hidden_size, out_dim=c.vector_size,
                               norm=c.norm, norm_eps=c.norm_eps, name="vector",
                               dtype=self.dtype_policy)
-        if c.image_shape:
-            self.image = ImageDecoder(c.image_shape, c.cnn_depth, c.cnn_stages, c.cnn_kernel,
-                                      c.norm, c.norm_eps, name="image",
+        if c.image_keys:
+            self.image = ImageDecoder(c.image_grid, c.cnn_depth, c.cnn_stages,
+                                      c.cnn_kernel, c.norm, c.norm_eps, name="image",
                                       dtype=self.dtype_policy)
 
     def build(self, input_shape: Any = None) -> None:
@@ -219,15 +230,24 @@ class ObsDecoder(keras.layers.Layer):
         self.built = True
 
     def call(self, feat: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = {}
+        c, out = self.config, {}
         if self.vector:
-            out["obs"] = tf.cast(self.vector(feat), "float32")
+            out.update(_split(tf.cast(self.vector(feat), "float32"), c, c.vector_keys))
         if self.image:
-            out["image"] = self.image(feat)
+            out.update(_split(self.image(feat), c, c.image_keys))
         return out
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "config": self.config.to_dict()}
+
+
+def _split(x: tf.Tensor, config: RssmConfig, keys: tuple[str, ...]
+           ) -> dict[str, tf.Tensor]:
+    """The last axis of ``x`` split back into ``keys`` (their last sizes)."""
+    if len(keys) == 1:
+        return {keys[0]: x}
+    sizes = [config.obs_shapes[k][-1] for k in keys]
+    return dict(zip(keys, tf.split(x, sizes, axis=-1)))
 
 
 def make_reward_head(config: RssmConfig, bins: int, **kwargs: Any) -> Mlp:

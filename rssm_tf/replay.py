@@ -35,11 +35,11 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.atomic import write_atomic
-from rssm_tf.data import OBS_KEYS, STEP_KEYS, EpisodeError, _pick_obs_keys, load_episode
+from rssm_tf.data import STEP_KEYS, EpisodeError, _pick_obs_keys, load_episode
 from rssm_tf.validation import check_positive_int
 
 INDEX_FILE = "episode-index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: every array of a file indexed (1: only obs, image, step keys)
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -49,8 +49,6 @@ def read_header(path: Path) -> dict[str, Any]:
     with zipfile.ZipFile(path) as archive:
         for member in archive.namelist():
             key = member.removesuffix(".npy")
-            if key not in OBS_KEYS + STEP_KEYS:
-                continue
             with archive.open(member) as handle:
                 version = np.lib.format.read_magic(handle)
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
@@ -301,7 +299,7 @@ class Replay:
 
     # ------------------------------------------------------------- tf.data
     def specs(self) -> dict[str, tf.TensorSpec]:
-        return {k: tf.TensorSpec([self.seq_len, *s], tf.uint8 if k == "image" else tf.float32)
+        return {k: tf.TensorSpec([self.seq_len, *s], tf.uint8 if len(s) == 3 else tf.float32)
                 for k, s in self.shapes.items()}
 
     def dataset(self, batch_size: int, seed: int | None = 0, repeat: bool = True,

@@ -8,8 +8,8 @@ One step::
     prior_logits = mix(Dense(L(L(h'))))                     # imagination
     post_logits  = mix(Dense(L(concat(h', encoder(obs)))))  # observation
 
-``obs`` is a tensor when the config has one observation key (``"obs"`` [..., O] or
-``"image"`` [..., H, W, C] uint8), else a dict with both.
+``obs`` is a dict with the keys of ``config.obs_shapes`` (float vectors [..., O_k],
+uint8 images [..., H, W, C_k]); a model with one key also takes its bare tensor.
     z' = straight_through(sample(logits))
 
 Only the chain ``z -> GRU -> posterior -> z`` is sequential. ``observe`` computes the
@@ -35,6 +35,7 @@ from rssm_tf.scan import observe_scan
 from rssm_tf.validation import (
     as_float_tensor,
     as_image_tensor,
+    check_keys,
     check_same,
     check_shape,
     eager_finite,
@@ -210,7 +211,7 @@ class Rssm(keras.layers.Layer):
 
     def posterior_logits(self, h: tf.Tensor, obs: tf.Tensor | dict) -> tf.Tensor:
         """Unimix-adjusted posterior logits from ``h`` [..., D] and the observation
-        (``obs`` [..., O] and/or ``image`` [..., H, W, C])."""
+        (a dict of the config's observation keys, [..., *shape] each)."""
         return self._post_logits(h, self._embed_proj(self.check_obs(obs, None)))
 
     def _noise(self, shape: Any, lead: list[str], sample: bool,
@@ -241,9 +242,10 @@ class Rssm(keras.layers.Layer):
     def check_obs(self, obs: Any, lead: list[str | None] | None, finite: bool = True
                   ) -> dict[str, tf.Tensor]:
         """The observation as a dict of checked tensors, one per ``config.obs_keys``:
-        ``obs`` float32 [*lead, O], ``image`` uint8 [*lead, H, W, C]. A bare tensor is
-        taken as the single key of a one-key config. ``finite``: refuse NaN/Inf in
-        eager calls (see :func:`eager_finite`)."""
+        float32 [*lead, O_k] for a vector key, uint8 [*lead, H, W, C_k] for an image
+        key (``lead=None``: any leading axes). A bare tensor is taken as the single key
+        of a one-key config. ``finite``: refuse NaN/Inf in eager calls (see
+        :func:`eager_finite`). Errors name the key, what was expected and what came."""
         c = self.config
         keys = c.obs_keys
         if not isinstance(obs, dict):
@@ -251,19 +253,19 @@ class Rssm(keras.layers.Layer):
                 raise TypeError(f"obs must be a dict with keys {list(keys)} (this model "
                                 f"has several observation keys), got {type(obs).__name__}")
             obs = {keys[0]: obs}
-        if sorted(obs) != sorted(keys):
-            raise ValueError(f"obs must have the keys {list(keys)}, got {sorted(obs)}")
+        check_keys("obs", obs, keys)
         out = {}
-        if "obs" in obs:
-            out["obs"] = as_float_tensor("obs", obs["obs"])
-            if finite:
-                out["obs"] = eager_finite("obs", out["obs"])
-            if lead is not None:
-                check_shape("obs", out["obs"], lead + [c.obs_dim])
-        if "image" in obs:
-            out["image"] = as_image_tensor("image", obs["image"])
-            if lead is not None:
-                check_shape("image", out["image"], lead + list(c.image_shape))
+        for key, shape in c.obs_shapes.items():
+            if len(shape) == 3:
+                value = as_image_tensor(key, obs[key])
+            else:
+                value = as_float_tensor(key, obs[key])
+                value = eager_finite(key, value) if finite else value
+            rank = value.shape.rank
+            axes = lead if lead is not None else \
+                [None] * max(1, (rank or 0) - len(shape))
+            check_shape(key, value, list(axes) + list(shape))
+            out[key] = value
         return out
 
     def _check_step(self, state: RssmState, action: Any, obs: Any = None):
@@ -286,8 +288,8 @@ class Rssm(keras.layers.Layer):
         """One observation step.
 
         ``state`` (h [B, D], z [B, S*K]), ``action`` [B, A] (the action that led to
-        ``obs``), ``obs`` [B, O] (or ``image`` [B, H, W, C] uint8, or a dict of
-        both) -> (new state, ``post_logits`` [B, S, K],
+        ``obs``), ``obs`` a dict of the observation keys, [B, *shape] each (a bare
+        tensor for a one-key model) -> (new state, ``post_logits`` [B, S, K],
         ``prior_logits`` [B, S, K]); the new ``z`` is drawn from the posterior.
         """
         state, action, obs = self._check_step(state, action, obs)
@@ -347,7 +349,7 @@ class Rssm(keras.layers.Layer):
                 ) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
         """Observe a batch of sequences.
 
-        ``obs`` [B, T, O] (or ``image`` [B, T, H, W, C] uint8, or a dict of both),
+        ``obs`` a dict of the observation keys, [B, T, *shape] each (or one tensor),
         ``actions`` [B, T, A] (``actions[:, t]`` led to
         ``obs[:, t]``), ``is_first`` [B, T] (1 resets the state and the previous
         action before step t), ``state`` (h [B, D], z [B, S*K]; default zeros),

@@ -12,18 +12,35 @@ import numpy as np
 import tensorflow as tf
 
 
+class DtypeError(TypeError, ValueError):
+    """A value of the wrong dtype: a ``TypeError`` and a ``ValueError`` both, so code
+    that catches either for bad input sees it."""
+
+
+def check_keys(name: str, given: object, expected: Sequence[str]) -> None:
+    """Raises ``ValueError`` unless the dict ``given`` has exactly the keys
+    ``expected``, naming the missing and the unknown ones."""
+    missing = [k for k in expected if k not in given]
+    unknown = sorted(str(k) for k in given if k not in expected)
+    if missing or unknown:
+        parts = ([f"missing {missing}"] if missing else []) + \
+            ([f"unknown {unknown}"] if unknown else [])
+        raise ValueError(f"{name} must have the keys {list(expected)}: "
+                         f"{', '.join(parts)}")
+
+
 def as_float_tensor(name: str, value: object, dtype: str = "float32") -> tf.Tensor:
     """Converts ``value`` to a float tensor; a non-numeric input raises ``TypeError``."""
     if isinstance(value, (tf.Tensor, tf.Variable)):
         if not (value.dtype.is_floating or value.dtype.is_integer or value.dtype.is_bool):
-            raise TypeError(f"{name} must be numeric, got dtype {value.dtype.name}")
+            raise DtypeError(f"{name} must be numeric, got dtype {value.dtype.name}")
         return tf.cast(value, dtype)
     try:
         array = np.asarray(value)
     except Exception as error:  # pragma: no cover - exotic inputs
         raise TypeError(f"{name} must be array-like, got {type(value).__name__}") from error
     if array.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be numeric, got {type(value).__name__} with dtype "
+        raise DtypeError(f"{name} must be numeric, got {type(value).__name__} with dtype "
                         f"{array.dtype}")
     return tf.convert_to_tensor(array.astype(dtype))
 
@@ -37,7 +54,7 @@ def as_image_tensor(name: str, value: object) -> tf.Tensor:
         value = np.asarray(value)
         dtype = str(value.dtype)
     if dtype != "uint8":
-        raise TypeError(f"{name} must be uint8 pixels in [0, 255], got dtype {dtype}")
+        raise DtypeError(f"{name} must be uint8 pixels in [0, 255], got dtype {dtype}")
     return tf.convert_to_tensor(value)
 
 

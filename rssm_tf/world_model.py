@@ -2,18 +2,19 @@
 
 Batches are dicts of windows (see :mod:`rssm_tf.data`)::
 
-    obs [B, T, O]   action [B, T, A]   reward [B, T]   is_first [B, T]   is_terminal [B, T]
+    <key> [B, T, ...]   action [B, T, A]   reward [B, T]   is_first [B, T]   is_terminal [B, T]
 
-with ``image`` [B, T, H, W, C] uint8 in place of ``obs`` (or beside it) for image
-models (``RssmConfig.obs_keys``); other keys are ignored.
+with one entry per observation key of the model (``RssmConfig.obs_shapes``: a vector
+key float [B, T, O_k], an image key uint8 [B, T, H, W, C_k]); other keys are ignored.
 
 Loss per step (SPEC section 5), averaged over B and T::
 
-    rec * sum((decoder(feat) - symlog(obs))^2) + rew * twohot(reward)
+    rec * sum_k rec_k + rew * twohot(reward)
         + con * bce(continue_logit, 1 - is_terminal) + kl_balanced_loss
 
-For images the reconstruction term is ``sum((decoder(feat) - (image / 255 - 0.5))^2)``
-over the pixels and channels, as in DreamerV3; with both keys the terms add.
+with ``rec_k = sum((decoder_k(feat) - symlog(x_k))^2)`` for a vector key and
+``sum((decoder_k(feat) - (x_k / 255 - 0.5))^2)`` over pixels and channels for an image
+key, as in DreamerV3. ``fit`` logs ``rec`` (the sum) and ``rec/<key>`` per key.
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ class WorldModel(keras.Model):
         self.decoder = ObsDecoder(config, name="decoder", dtype=self.dtype_policy)
         self.decoder.build()
         self.batch_keys = config.obs_keys + STEP_KEYS
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+        #: the logged terms: METRIC_NAMES and ``rec/<key>`` per observation key
+        self.metric_names = METRIC_NAMES[:2] + tuple(
+            f"rec/{k}" for k in config.obs_keys) + METRIC_NAMES[2:]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
         self.built = True
 
     @property
@@ -123,20 +127,20 @@ class WorldModel(keras.Model):
 
         The loss and the logged metrics are built in: ``loss=``, ``metrics=`` and
         ``weighted_metrics=`` are refused (the model has no ``y`` to compare with; the
-        logged terms are :data:`METRIC_NAMES`). The optimiser is built here, so a model
-        saved before its first step holds the optimiser's full state.
+        logged terms are :data:`METRIC_NAMES` and ``rec/<key>``). The optimiser is built
+        here, so a model saved before its first step holds the optimiser's full state.
         """
         for name in ("loss", "metrics", "weighted_metrics"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"WorldModel computes its own loss and logs its own "
-                                 f"metrics {list(METRIC_NAMES)}; compile({name}=...) is "
+                                 f"metrics {list(self.metric_names)}; compile({name}=...) is "
                                  "not supported (use a callback to compute more)")
         if jit_compile is None:
             strategy = self.distribute_strategy
             single = strategy.num_replicas_in_sync == 1
             on_cpu = not tf.config.list_logical_devices("GPU") if single else all(
                 "CPU" in d.upper() for d in strategy.extended.worker_devices)
-            jit_compile = not on_cpu or (single and self.config.image_shape is None)
+            jit_compile = not on_cpu or (single and not self.config.image_keys)
             if not jit_compile and not single:
                 warnings.warn("WorldModel.compile: several replicas on CPU devices; XLA "
                               "is off for this strategy", stacklevel=2)
@@ -238,9 +242,9 @@ class WorldModel(keras.Model):
 
     # --------------------------------------------------------------- loss
     def call(self, inputs: dict, training: bool = False) -> dict[str, tf.Tensor]:
-        """Posterior pass over a batch: decoded ``obs`` [B, T, O] and/or ``image``
-        [B, T, H, W, C] (floats in [0, 1]), ``reward`` [B, T], ``continue_prob``
-        [B, T] and the logits (mode latents)."""
+        """Posterior pass over a batch: each observation key decoded (a vector [B, T,
+        O_k] in raw space, an image [B, T, H, W, C_k] as floats in [0, 1]), ``reward``
+        [B, T], ``continue_prob`` [B, T] and the logits (mode latents)."""
         batch = self.validate_batch(inputs)
         states, post, prior = self.rssm.observe(self._obs(batch), batch["action"],
                                                 batch["is_first"], sample=False)
@@ -251,14 +255,11 @@ class WorldModel(keras.Model):
 
     def _heads(self, states) -> dict[str, tf.Tensor]:
         """Decoder and heads on ``states``: ``recon`` (each observation key in its loss
-        space), the decoded ``obs`` (raw space) and/or ``image`` (in [0, 1]), and
+        space), each key decoded (:func:`decode_observation`), and
         :meth:`Rssm.predict`'s reward and continue outputs."""
         recon = self.decoder(states.feat())
         out = {"recon": recon, **self.rssm.predict(states.h, states.z)}
-        if "obs" in recon:
-            out["obs"] = symexp(recon["obs"])
-        if "image" in recon:
-            out["image"] = tf.clip_by_value(recon["image"] + 0.5, 0.0, 1.0)
+        out.update(decode_observation(self.config, recon))
         return out
 
     def compute_losses(self, batch: dict[str, tf.Tensor], noise: tf.Tensor | None = None
@@ -279,20 +280,17 @@ class WorldModel(keras.Model):
         states, post, prior = self.rssm.observe_time_major(
             self._obs(batch), batch["action"], batch["is_first"], state, noise)
         out = self._heads(states)
-        recon = out["recon"]
-        rec = 0.0
-        if "obs" in recon:
-            rec += tf.reduce_sum(tf.square(recon["obs"] - symlog(batch["obs"])), -1)
-        if "image" in recon:
-            rec += tf.reduce_sum(tf.square(recon["image"] - image_to_float(batch["image"])),
-                                 [-3, -2, -1])
+        recs = reconstruction_losses(self.config, out["recon"], batch)
+        rec = tf.add_n(list(recs.values()))
         rew = self.twohot.loss(out["reward_logits"], batch["reward"])
         con = tf.nn.sigmoid_cross_entropy_with_logits(
             labels=1.0 - batch["is_terminal"], logits=out["continue_logits"])
         kl = kl_balanced_loss(post, prior, self.kl)
         loss = tf.reduce_mean(self.rec_scale * rec + self.rew_scale * rew
                               + self.con_scale * con) + kl.loss
-        logs = {"loss": loss, "rec": tf.reduce_mean(rec), "rew": tf.reduce_mean(rew),
+        logs = {"loss": loss, "rec": tf.reduce_mean(rec),
+                **{f"rec/{k}": tf.reduce_mean(v) for k, v in recs.items()},
+                "rew": tf.reduce_mean(rew),
                 "con": tf.reduce_mean(con), "dyn": tf.reduce_mean(kl.dyn),
                 "rep": tf.reduce_mean(kl.rep), "kl": tf.reduce_mean(kl.kl),
                 "prior_ent": tf.reduce_mean(categorical_entropy(prior)),
@@ -380,12 +378,12 @@ class WorldModel(keras.Model):
         """Observe ``context`` steps with the posterior, then imagine ``horizon`` steps
         with the recorded actions and the prior's mode (no sampling).
 
-        ``obs`` [B, >= context + horizon, O] (or ``image`` [B, ..., H, W, C] uint8, or
-        a dict of both), ``action`` [B, ..., A], ``is_first`` [B, ...]. Returns, per
-        observation key, the imagined ``obs`` [B, horizon, O] (raw space) and/or
-        ``image`` [B, horizon, H, W, C] (in [0, 1]) and the context's reconstructions
-        ``context_obs`` / ``context_image`` [B, context, ...]; and ``reward``
-        [B, horizon], ``continue_prob`` [B, horizon].
+        ``obs`` a dict of the observation keys, [B, >= context + horizon, *shape] each
+        (one tensor for a one-key model), ``action`` [B, ..., A], ``is_first`` [B, ...].
+        Returns, per observation key ``k``, the imagined ``k`` [B, horizon, *shape] (a
+        vector in raw space, an image in [0, 1]) and the context's reconstructions
+        ``context_k`` [B, context, *shape]; and ``reward`` [B, horizon],
+        ``continue_prob`` [B, horizon].
         """
         if not isinstance(context, int) or context < 1:
             raise ValueError(f"context must be an integer >= 1, got {context!r}")
@@ -419,18 +417,42 @@ class WorldModel(keras.Model):
         return config
 
 
+def decode_observation(config: RssmConfig, recon: dict[str, tf.Tensor]
+                       ) -> dict[str, tf.Tensor]:
+    """The decoder's outputs (loss space) as observations: a vector key through
+    ``symexp`` (raw space), an image key as floats in [0, 1]."""
+    images = config.image_keys
+    return {k: tf.clip_by_value(v + 0.5, 0.0, 1.0) if k in images else symexp(v)
+            for k, v in recon.items()}
+
+
+def reconstruction_losses(config: RssmConfig, recon: dict[str, tf.Tensor],
+                          batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Each key's reconstruction term per step [...]: the summed squared error of
+    ``symlog(x)`` for a vector key, of ``x / 255 - 0.5`` over pixels and channels for
+    an image key."""
+    out = {}
+    for key in config.obs_keys:
+        if key in config.image_keys:
+            out[key] = tf.reduce_sum(tf.square(recon[key] - image_to_float(batch[key])),
+                                     [-3, -2, -1])
+        else:
+            out[key] = tf.reduce_sum(tf.square(recon[key] - symlog(batch[key])), -1)
+    return out
+
+
 def evaluate_open_loop(model: WorldModel, episodes: list[dict[str, np.ndarray]],
                        context: int = 5, horizon: int = 15,
                        batch_size: int = 64) -> dict[str, Any]:
     """Open-loop prediction error on ``episodes`` (dicts in the episode format).
 
     Every episode with at least ``context + horizon`` steps gives its non-overlapping
-    windows. Returns per-horizon-step lists, for each observation key of the model,
-    ``obs_mse`` (raw space, mean over the dimensions) and/or ``image_mse`` (pixels
-    scaled to [0, 1], mean over pixels and channels), and ``reward_mse``; the same for
-    a mean predictor (``mean_obs_mse``, ``mean_image_mse``, ``mean_reward_mse``:
-    the per-dimension or per-pixel mean frame over the evaluated episodes' steps);
-    and ``windows``, the number of windows.
+    windows. Returns per-horizon-step lists: for each observation key ``k`` of the
+    model ``k_mse`` (a vector in raw space, mean over its dimensions; an image with
+    pixels scaled to [0, 1], mean over pixels and channels), and ``reward_mse``; the
+    same for a mean predictor (``mean_k_mse``, ``mean_reward_mse``: the per-dimension
+    or per-pixel mean over the evaluated episodes' steps); and ``windows``, the number
+    of windows.
     """
     span = context + horizon
     keys = model.batch_keys
@@ -439,7 +461,7 @@ def evaluate_open_loop(model: WorldModel, episodes: list[dict[str, np.ndarray]],
                for s in range(0, len(ep["action"]) - span + 1, span)]
     if not windows:
         raise ValueError(f"no episode has context + horizon = {span} steps")
-    scale = {"obs": 1.0, "image": 1.0 / 255.0, "reward": 1.0}
+    scale = {k: 1.0 / 255.0 if k in model.config.image_keys else 1.0 for k in keys}
     targets = model.config.obs_keys + ("reward",)
     means = {k: np.concatenate([ep[k] for ep in episodes]).astype("float64").mean(0)
              * scale[k] for k in targets}

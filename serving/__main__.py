@@ -45,11 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 obs = {k: ep[k] for k in client.obs_keys}
                 action = ep["action"]
         else:
-            obs = {"obs": rng.normal(size=(args.steps, client.obs_dim)).astype(np.float32)}
-            if client.image_shape:
-                obs["image"] = rng.integers(0, 256, (args.steps, *client.image_shape),
-                                            dtype=np.uint8)
-            obs = {k: obs[k] for k in client.obs_keys}
+            obs = {k: rng.integers(0, 256, (args.steps, *shape), dtype=np.uint8)
+                   if dtype == "uint8" else
+                   rng.normal(size=(args.steps, *shape)).astype(np.float32)
+                   for k, (shape, dtype) in client.obs_space.items()}
             action = rng.uniform(-1, 1, (args.steps, client.action_dim)).astype(np.float32)
         steps = min(args.steps, len(action))
         client.reset(1)

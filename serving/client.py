@@ -6,8 +6,9 @@ writes ``reset / observe / imagine / predict`` whatever runs the model::
 
     client = WorldModelClient.from_export("out/export", backend="onnx")
     client.reset(batch_size=1)
-    out = client.observe(action, obs)            # posterior step; state advances
-                                                 # (obs: vector, uint8 image, or a dict)
+    out = client.observe(action, {"joints": q, "camera": pixels})  # posterior step
+                                                 # (one entry per key of obs_space)
+    seen = client.decode()                       # per key: the model's reconstruction
     dream = client.imagine(actions)              # [B, T, A] from the current state
     now = client.predict()                       # reward, continue for the state
     best = client.plan("discrete", noise, top_k)  # the exported CEM planner
@@ -68,14 +69,20 @@ def manifest_from_signatures(name: str, signatures: dict[str, dict]) -> dict[str
         _, groups, classes = inputs["noise"]["shape"]
         config = {"deterministic_size": inputs["h"]["shape"][1],
                   "n_categories": groups, "n_classes": classes,
-                  "action_dim": inputs["action"]["shape"][1],
-                  "obs_dim": inputs["obs"]["shape"][1] if "obs" in inputs else 0,
-                  "image_shape": inputs["image"]["shape"][1:] if "image" in inputs else None}
+                  "action_dim": inputs["action"]["shape"][1]}
     except (KeyError, ValueError, IndexError, TypeError):
         raise ServingError(f"model {name!r}: its signatures are not an rssm_tf export's "
                            f"(found {sorted(signatures)})") from None
     return {"format_version": MANIFEST_FORMAT, "name": name, "config": config,
             "signatures": signatures}
+
+
+# the inputs of obs_step that are not observation keys
+STATE_INPUTS = ("h", "z", "action", "noise")
+
+
+class DtypeError(TypeError, ValueError):
+    """An input of the wrong dtype (a ``TypeError`` and a ``ValueError`` both)."""
 
 
 class WorldModelClient:
@@ -90,12 +97,13 @@ class WorldModelClient:
         self.manifest = manifest if isinstance(manifest, dict) else load_manifest(manifest)
         c = self.manifest["config"]
         self.deter, self.classes = c["deterministic_size"], c["n_classes"]
-        self.groups, self.obs_dim, self.action_dim = c["n_categories"], c["obs_dim"], \
-            c["action_dim"]
-        self.image_shape = tuple(c["image_shape"]) if c.get("image_shape") else None
-        #: the observation inputs of obs_step: "obs" (vector) and/or "image" (uint8)
-        self.obs_keys = tuple(k for k in ("obs", "image")
-                              if k in self.manifest["signatures"]["obs_step"]["inputs"])
+        self.groups, self.action_dim = c["n_categories"], c["action_dim"]
+        #: the observation inputs of obs_step, ``{key: (per-step shape, dtype)}``: float32
+        #: vectors and uint8 images, read off the signature (as a server describes it)
+        inputs = self.manifest["signatures"]["obs_step"]["inputs"]
+        self.obs_space = {k: (tuple(v["shape"][1:]), v["dtype"])
+                          for k, v in sorted(inputs.items()) if k not in STATE_INPUTS}
+        self.obs_keys = tuple(self.obs_space)
         self.h: np.ndarray | None = None
         self.z: np.ndarray | None = None
 
@@ -184,9 +192,9 @@ class WorldModelClient:
                 noise: Any = None) -> dict[str, np.ndarray]:
         """One posterior step from the current state; the state advances.
 
-        ``action`` [B, A] (the action that led to ``obs``); ``obs``: the observation,
-        [B, O] floats for a vector model, [B, H, W, C] uint8 pixels for an image model,
-        or a dict ``{"obs": ..., "image": ...}`` for a model with both (``obs_keys``).
+        ``action`` [B, A] (the action that led to ``obs``); ``obs``: a dict with the
+        model's observation keys (``obs_space``: [B, O_k] floats for a vector key,
+        [B, H, W, C_k] uint8 pixels for an image key), or one array for a one-key model.
         Returns ``post_logits``, ``prior_logits`` [B, S, K] and the new ``h``, ``z``.
         """
         self._require_state()
@@ -222,6 +230,16 @@ class WorldModelClient:
         out = self._call("imagine_step", inputs, sample, noise, [b, self.groups, self.classes])
         self.h, self.z = out["h_next"], out["z_next"]
         return {"prior_logits": out["prior_logits"], "h": self.h.copy(), "z": self.z.copy()}
+
+    def decode(self) -> dict[str, np.ndarray]:
+        """The model's prediction of every observation key from the current state
+        (after :meth:`observe`, its reconstruction): a vector key [B, O_k] in raw
+        space, an image key [B, H, W, C_k] as floats in [0, 1]."""
+        self._require_state()
+        if "decode" not in self.manifest["signatures"]:
+            raise ServingError(f"model {self.manifest.get('name')!r} has no decode "
+                               "signature (exported before it was added): re-export it")
+        return self.backend.call("decode", {"h": self.h, "z": self.z})
 
     def predict(self) -> dict[str, np.ndarray]:
         """``reward`` [B], ``continue_prob`` [B] and their logits for the current state."""
@@ -298,20 +316,24 @@ class WorldModelClient:
                 raise TypeError(f"obs must be a dict with keys {list(keys)} for this model, "
                                 f"got {type(obs).__name__}")
             obs = {keys[0]: obs}
-        if sorted(obs) != sorted(keys):
-            raise ValueError(f"obs must have the keys {list(keys)}, got {sorted(obs)}")
+        missing = [k for k in keys if k not in obs]
+        unknown = sorted(str(k) for k in obs if k not in keys)
+        if missing or unknown:
+            raise ValueError(f"obs must have the keys {list(keys)}: missing {missing}, "
+                             f"unknown {unknown}")
         out = {}
-        if "obs" in obs:
-            out["obs"] = self._array("obs", obs["obs"], [b, self.obs_dim])
-        if "image" in obs:
-            image = np.asarray(obs["image"])
+        for key, (shape, dtype) in self.obs_space.items():
+            if dtype != "uint8":
+                out[key] = self._array(key, obs[key], [b, *shape])
+                continue
+            image = np.asarray(obs[key])
             if image.dtype != np.uint8:
-                raise TypeError(f"image must be uint8 pixels in [0, 255], got dtype "
-                                f"{image.dtype}")
-            shape = [b, *self.image_shape]
-            if list(image.shape) != shape:
-                raise ValueError(f"image must have shape {shape}, got {list(image.shape)}")
-            out["image"] = np.ascontiguousarray(image)
+                raise DtypeError(f"{key} must be uint8 pixels in [0, 255], got dtype "
+                                 f"{image.dtype}")
+            want = [b, *shape]
+            if list(image.shape) != want:
+                raise ValueError(f"{key} must have shape {want}, got {list(image.shape)}")
+            out[key] = np.ascontiguousarray(image)
         return out
 
     def _require_state(self) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from rssm_tf_export.runner import load_arrays, make_cases, run_all, save_cases, without_planner
+from rssm_tf_export.runner import load_arrays, make_cases, run_all, save_cases, litert_cases
 
 from rssm_tf import RssmState
 from rssm_tf.planning import cem, rssm_rollout
@@ -38,6 +38,10 @@ def keras_call(model):
         kind = {"sample": False, "noise": t.get("noise")}
         if name == "predict":
             out = rssm.predict(t["h"], t["z"])
+        elif name == "decode":  # SPEC 6: vectors back through symexp, images in [0, 1]
+            recon = model.decoder(tf.concat([t["h"], t["z"]], -1))
+            out = {k: tf.clip_by_value(v + 0.5, 0.0, 1.0) if k in model.config.image_keys
+                   else tf.math.sign(v) * (tf.exp(tf.abs(v)) - 1.0) for k, v in recon.items()}
         elif name.startswith("obs_step"):
             obs = {k: t[k] for k in keys}
             state, post, prior = rssm.obs_step(RssmState(t["h"], t["z"]), t["action"], obs,
@@ -65,7 +69,8 @@ def keras_call(model):
 def cases_for(model, seed: int = 0, batch: int = 3, rollout: int = 5, horizon: int = 6):
     c = model.config
     dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
-                                       "obs_dim", "action_dim", "image_shape")}
+                                       "action_dim")}
+    dims["obs_space"] = c.obs_shapes
     return make_cases(dims, batch, rollout, horizon, seed)
 
 
@@ -87,7 +92,7 @@ def assert_same(reference: dict, other: dict, what: str, atol: float = 1e-5) -> 
 def check_against_keras(model, call, what: str, seed: int = 0) -> dict:
     cases = cases_for(model, seed)
     if what == "litert":
-        cases = without_planner(cases)
+        cases = litert_cases(cases)
     reference = run_all(keras_call(model), cases)
     assert_same(reference, run_all(call, cases), what)
     return reference

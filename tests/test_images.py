@@ -133,7 +133,7 @@ def test_uint8_images_round_trip_through_the_episode_store(tmp_path):
     np.testing.assert_array_equal(loaded["obs"], episode["obs"])
     with pytest.raises(EpisodeError, match="image must be uint8"):
         save_episode(tmp_path, {**episode, "image": episode["image"] / 255.0})
-    with pytest.raises(EpisodeError, match=r"image must have shape \[T, H, W, C\]"):
+    with pytest.raises(EpisodeError, match=r"image must have shape \[T, O\] \(a vector\) or \[T, H, W, C\]"):
         save_episode(tmp_path, {**episode, "image": episode["image"][..., 0]})
 
 
@@ -229,7 +229,7 @@ def image_export(tmp_path_factory):
 def test_image_export_computes_what_keras_does_on_every_backend(image_export, tmp_path):
     """The CNN's weights are restored by TF Serving's loader and carried into the
     SavedModel, ONNX and LiteRT: each against the Keras model run in this test."""
-    from rssm_tf_export.runner import run_all, without_planner
+    from rssm_tf_export.runner import run_all, litert_cases
     from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
     from served import cases_for, keras_call, run_in_tf_serving_loader
 
@@ -243,7 +243,7 @@ def test_image_export_computes_what_keras_does_on_every_backend(image_export, tm
     others = {"litert": LiteRtBackend(out / "litert"), "onnx": OnnxBackend(out / "onnx"),
               "savedmodel": SavedModelBackend(out / "saved_model" / "pix")}
     for what, outputs in (("session", served),
-                          *((k, run_all(b.call, without_planner(cases) if k == "litert"
+                          *((k, run_all(b.call, litert_cases(cases) if k == "litert"
                                         else cases)) for k, b in others.items())):
         for case in outputs:
             ref = reference[case]

@@ -1,0 +1,285 @@
+"""Observation spaces: any dict of named vector and image keys, from the config through
+the encoder, decoder, loss, data, collector and open-loop evaluation (the export and
+the serving client of such a model: tests/test_images.py)."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rssm_tf import Mlp, ObsDecoder, ObsEncoder, RssmConfig, WorldModel, make_dataset
+from rssm_tf.data import EpisodeStore, config_for_episode, save_episode, validate_episode
+from rssm_tf.math import symlog
+from rssm_tf.replay import Replay
+from rssm_tf.world_model import evaluate_open_loop, reconstruction_losses
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL = dict(deterministic_size=16, n_categories=4, n_classes=4, hidden_size=16, n_blocks=2,
+             cnn_depth=4)
+SPACE = {"joints": (3,), "velocity": (2,), "camera": (16, 16, 3), "depth": (16, 16, 1)}
+CONFIG = RssmConfig(obs_space=SPACE, action_dim=2, **SMALL)
+
+
+def multi_episode(length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"joints": rng.normal(size=(length, 3)).astype("f"),
+            "velocity": rng.normal(size=(length, 2)).astype("f"),
+            "camera": rng.integers(0, 256, (length, 16, 16, 3), dtype=np.uint8),
+            "depth": rng.integers(0, 256, (length, 16, 16, 1), dtype=np.uint8),
+            "action": rng.uniform(-1, 1, (length, 2)).astype("f"),
+            "reward": rng.normal(size=length).astype("f"),
+            "is_first": np.eye(1, length, dtype="f")[0],
+            "is_terminal": np.zeros(length, "f")}
+
+
+# ------------------------------------------------------------------- config
+def test_space_resolves_keys_kinds_and_sizes():
+    c = CONFIG
+    assert c.obs_keys == ("camera", "depth", "joints", "velocity")  # sorted
+    assert c.vector_keys == ("joints", "velocity") and c.image_keys == ("camera", "depth")
+    assert c.vector_size == 5 and c.image_grid == (16, 16, 4) and c.cnn_stages == 2
+    assert c.obs_dim == 0 and c.image_shape is None
+    again = RssmConfig.from_json(c.to_json())
+    assert again == c and again.obs_shapes == SPACE
+    # the short forms are one "obs" vector and one "image" image
+    short = RssmConfig(obs_dim=4, action_dim=2, image_shape=(16, 16, 1), **SMALL)
+    assert short.obs_shapes == {"obs": (4,), "image": (16, 16, 1)}
+    assert "obs_space" not in short.to_dict()  # configs without it read as before
+    assert RssmConfig.for_space({"obs": (4,), "image": (16, 16, 1)}, 2, **SMALL) == short
+    assert RssmConfig.for_space(SPACE, 2, **SMALL) == CONFIG
+
+
+@pytest.mark.parametrize("fields, words", [
+    (dict(obs_space={"my-key": (3,)}), r"'my-key' is not a valid input name"),
+    (dict(obs_space={"3d": (3,)}), r"'3d' is not a valid input name"),
+    (dict(obs_space={"action": (3,)}), r"'action' is a name the model already uses"),
+    (dict(obs_space={"grid": (4, 4)}), r"obs_space\['grid'\] must be \(size,\) for a vector"),
+    (dict(obs_space={"a": (16, 16, 3), "b": (32, 32, 1)}), "must share height and width"),
+    (dict(obs_space={"a": (20, 20, 3)}), r"obs_space\['a'\] height 20 must be a multiple of 2"),
+    (dict(obs_space={"a": (3,)}, obs_dim=3), "give obs_space or its short forms"),
+    (dict(obs_space={}), "non-empty dict"),
+    (dict(obs_space={"a": (0,)}), r"obs_space\['a'\] must be"),
+])
+def test_bad_space_is_named(fields, words):
+    with pytest.raises(ValueError, match=words):
+        RssmConfig(action_dim=2, **fields)
+
+
+def test_action_dim_is_required():
+    with pytest.raises(ValueError, match="action_dim is required"):
+        RssmConfig(obs_space={"a": (3,)})
+
+
+# ------------------------------------------------------- encoder and decoder
+def test_encoder_concatenates_vectors_and_stacks_images():
+    """One MLP on the symlog of the vector keys in key order, one CNN on the image keys
+    stacked on channels: the embedding equals those layers run by hand."""
+    encoder = ObsEncoder(CONFIG)
+    encoder.build()
+    ep = multi_episode(3)
+    obs = {k: ep[k] for k in CONFIG.obs_keys}
+    got = encoder(obs).numpy()
+    vec = encoder.vector(np.concatenate([ep["joints"], ep["velocity"]], -1)).numpy()
+    img = encoder.image(np.concatenate([ep["camera"], ep["depth"]], -1)).numpy()
+    np.testing.assert_allclose(got, np.concatenate([vec, img], -1), atol=1e-6)
+    assert encoder.vector.hidden[0].dense.kernel.shape[0] == 5
+    # the vector MLP sees symlog(x), not x
+    x = np.array([[2.0, -3.0, 0.5, 10.0, -1.0]], "f")
+    assert not np.allclose(encoder.vector(x), Mlp.call(encoder.vector, x), atol=1e-4)
+    np.testing.assert_allclose(encoder.vector(x), Mlp.call(encoder.vector, symlog(x)),
+                               atol=1e-6)
+
+
+def test_decoder_splits_one_mlp_and_one_cnn_per_key():
+    decoder = ObsDecoder(CONFIG)
+    decoder.build()
+    feat = np.random.default_rng(0).normal(size=(2, CONFIG.feat_size)).astype("f")
+    out = decoder(feat)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "joints": (2, 3), "velocity": (2, 2), "camera": (2, 16, 16, 3),
+        "depth": (2, 16, 16, 1)}
+    vec, img = decoder.vector(feat).numpy(), decoder.image(feat).numpy()
+    np.testing.assert_array_equal(out["joints"], vec[:, :3])
+    np.testing.assert_array_equal(out["velocity"], vec[:, 3:])
+    np.testing.assert_array_equal(out["camera"], img[..., :3])
+    np.testing.assert_array_equal(out["depth"], img[..., 3:])
+
+
+def test_reconstruction_terms_by_hand():
+    recon = {"joints": np.array([[1.0, 0.0, -1.0]], "f"), "velocity": np.zeros((1, 2), "f"),
+             "camera": np.zeros((1, 16, 16, 3), "f"), "depth": np.full((1, 16, 16, 1), 0.5, "f")}
+    batch = {"joints": np.array([[np.e - 1, 0.0, 0.0]], "f"),   # symlog -> [1, 0, 0]
+             "velocity": np.array([[np.e - 1, -(np.e - 1)]], "f"),  # symlog -> [1, -1]
+             "camera": np.full((1, 16, 16, 3), 255, np.uint8),   # -> 0.5 each
+             "depth": np.zeros((1, 16, 16, 1), np.uint8)}        # -> -0.5 each
+    got = {k: float(v[0]) for k, v in reconstruction_losses(CONFIG, recon, batch).items()}
+    assert got["joints"] == pytest.approx(1.0, abs=1e-5)          # (-1 - 0)^2
+    assert got["velocity"] == pytest.approx(2.0, abs=1e-5)
+    assert got["camera"] == pytest.approx(16 * 16 * 3 * 0.25, rel=1e-6)
+    assert got["depth"] == pytest.approx(16 * 16 * 1 * 1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (lambda o: o.pop("depth"), ValueError, r"missing \['depth'\]"),
+    (lambda o: o.update(extra=o["joints"]), ValueError, r"unknown \['extra'\]"),
+    (lambda o: o.update(joints=o["joints"][:, :2]), ValueError,
+     r"joints must have shape \[B, 3\], got shape \[2, 2\]"),
+    (lambda o: o.update(camera=o["camera"][..., 0]), ValueError, r"camera must have shape"),
+    (lambda o: o.update(depth=o["depth"].astype("f")), ValueError,
+     "depth must be uint8 pixels"),
+    (lambda o: o.update(camera=o["camera"][:, :8, :8]), ValueError,
+     r"camera must have shape \[B, 16, 16, 3\], got shape \[2, 8, 8, 3\]"),
+])
+def test_bad_observation_is_named_before_the_state_changes(change, error, words):
+    from rssm_tf import Rssm
+
+    rssm = Rssm(CONFIG)
+    ep = multi_episode(2)
+    obs = {k: ep[k] for k in CONFIG.obs_keys}
+    change(obs)
+    with pytest.raises(error, match=words):
+        rssm.obs_step(rssm.initial_state(2), ep["action"], obs)
+
+
+# ----------------------------------------------------------------- training
+def test_fit_logs_each_key_and_rec_is_their_sum():
+    keras.utils.set_random_seed(0)
+    model = WorldModel(CONFIG, seed=1)
+    model.compile()
+    episodes = [multi_episode(12, seed=i) for i in range(3)]
+    history = model.fit(make_dataset(episodes, 2, 6), epochs=2, steps_per_epoch=3, verbose=0)
+    names = {"rec/joints", "rec/velocity", "rec/camera", "rec/depth"}
+    assert names <= set(history.history)
+    batch = next(iter(make_dataset(episodes, 2, 6, seed=5)))
+    logs = model.evaluate(batch, verbose=0, return_dict=True)
+    assert logs["rec"] == pytest.approx(sum(logs[n] for n in names), rel=1e-5)
+    # each term by hand from the posterior states (mode, as evaluate uses)
+    b = {k: v.numpy() for k, v in batch.items()}
+    states, _, _ = model.rssm.observe({k: b[k] for k in CONFIG.obs_keys}, b["action"],
+                                      b["is_first"], sample=False)
+    recon = {k: v.numpy() for k, v in model.decoder(states.feat()).items()}
+    joints = np.sign(b["joints"]) * np.log1p(np.abs(b["joints"]))
+    assert logs["rec/joints"] == pytest.approx(
+        ((recon["joints"] - joints) ** 2).sum(-1).mean(), rel=1e-4)
+    camera = b["camera"] / 255.0 - 0.5
+    assert logs["rec/camera"] == pytest.approx(
+        ((recon["camera"] - camera) ** 2).sum((-3, -2, -1)).mean(), rel=1e-4)
+
+
+def test_model_saved_before_obs_space_loads_and_computes_the_same():
+    """tests/fixtures/world_model_v0.keras was saved by the code before obs_space (an
+    "obs" vector and an "image" image, two training steps); its outputs on the stored
+    batch were recorded then."""
+    from rssm_tf.saving import load_world_model
+
+    model = load_world_model(FIXTURES / "world_model_v0.keras")
+    io = np.load(FIXTURES / "world_model_v0_io.npz")
+    batch = {k: io[k] for k in model.batch_keys}
+    out = model(batch)
+    for key in ("obs", "image", "reward"):
+        np.testing.assert_allclose(out[key].numpy(), io[f"out_{key}"], atol=1e-6)
+    np.testing.assert_allclose(out["post_logits"].numpy(), io["out_post"], atol=1e-5)
+    assert model.config.obs_shapes == {"obs": (3,), "image": (16, 16, 3)}
+    assert int(model.optimizer.iterations) == 2
+    model.fit(tf.data.Dataset.from_tensors(batch), verbose=0)  # training goes on
+    assert int(model.optimizer.iterations) == 3
+
+
+# ---------------------------------------------------------------------- data
+def test_episode_keys_store_stream_and_config(tmp_path):
+    episodes = [multi_episode(9, seed=i) for i in range(3)]
+    for i, ep in enumerate(episodes):
+        save_episode(tmp_path, {**ep, "step_info": np.arange(9.0)}, f"ep{i}", compress=i == 1)
+    checked = validate_episode({**episodes[0], "step_info": np.arange(9.0)})
+    assert sorted(checked) == sorted(episodes[0])  # the [T] extra is not an observation
+    assert EpisodeStore(tmp_path).load()[0]["camera"].dtype == np.uint8
+    assert config_for_episode(episodes[0], **SMALL) == CONFIG
+    picked = config_for_episode(episodes[0], ("camera", "velocity"), **SMALL)
+    assert picked.obs_shapes == {"camera": (16, 16, 3), "velocity": (2,)}
+    replay = Replay(tmp_path, 5, obs_keys=("depth", "joints"))
+    batch = next(iter(replay.dataset(2, seed=0)))
+    assert set(batch) == {"depth", "joints", "action", "reward", "is_first", "is_terminal"}
+    assert batch["depth"].dtype == tf.uint8 and batch["joints"].dtype == tf.float32
+    streamed = next(iter(make_dataset(tmp_path, 2, 5, seed=3)))
+    in_memory = next(iter(make_dataset(episodes, 2, 5, seed=3)))
+    assert set(streamed) == set(in_memory) == set(episodes[0])
+    for key in streamed:
+        np.testing.assert_array_equal(streamed[key].numpy(), in_memory[key].numpy())
+    with pytest.raises(ValueError, match="obs_keys must be a non-empty subset"):
+        make_dataset(episodes, 2, 5, obs_keys=("camera", "lidar"))
+
+
+def test_open_loop_errors_per_key():
+    model = WorldModel(CONFIG, seed=0)
+    episodes = [multi_episode(8, seed=i) for i in range(2)]
+    result = evaluate_open_loop(model, episodes, context=3, horizon=5)
+    for key in CONFIG.obs_keys + ("reward",):
+        assert len(result[f"{key}_mse"]) == 5 and len(result[f"mean_{key}_mse"]) == 5
+    # the mean predictor by hand: per-dimension mean over all steps, pixels / 255
+    for key, scale in (("velocity", 1.0), ("depth", 1 / 255.0)):
+        stream = np.concatenate([e[key] for e in episodes]).astype("float64") * scale
+        true = np.stack([e[key][3:8] for e in episodes]).astype("float64") * scale
+        want = ((stream.mean(0) - true) ** 2).mean(tuple(range(2, true.ndim))).mean(0)
+        np.testing.assert_allclose(result[f"mean_{key}_mse"], want, rtol=1e-6)
+
+
+# ----------------------------------------------------------------- collector
+class _DictEnv:
+    """A gymnasium env with a Dict observation: a joint vector and a camera image."""
+
+    def __new__(cls, render_mode=None):
+        import gymnasium as gym
+        from gymnasium import spaces
+
+        class Env(gym.Env):
+            observation_space = spaces.Dict({
+                "joints": spaces.Box(-1.0, 1.0, (2, 2), np.float32),
+                "camera": spaces.Box(0, 255, (8, 8, 3), np.uint8)})
+            action_space = spaces.Discrete(3)
+
+            def reset(self, seed=None, options=None):
+                super().reset(seed=seed)
+                self.t = 0
+                return self._obs(), {}
+
+            def step(self, action):
+                self.t += 1
+                return self._obs(), float(action), False, self.t >= 4, {}
+
+            def render(self):
+                return np.full((8, 8, 3), 99, np.uint8)
+
+            def _obs(self):
+                return {"joints": np.full((2, 2), self.t / 10, np.float32),
+                        "camera": np.full((8, 8, 3), self.t * 10, np.uint8)}
+
+        return Env()
+
+
+def test_collector_dict_spaces_and_named_vector_parts(tmp_path):
+    import gymnasium as gym
+
+    from rssm_tf.collect import collect
+
+    gym.register("RssmTfDictEnv-v0", entry_point=_DictEnv)
+    try:
+        path, = collect("RssmTfDictEnv-v0", 1, tmp_path / "dict", image_size=(4, 4))
+    finally:
+        gym.registry.pop("RssmTfDictEnv-v0")
+    with np.load(path) as ep:
+        assert ep["joints"].shape == (5, 4) and ep["camera"].dtype == np.uint8
+        np.testing.assert_allclose(ep["joints"][:, 0], [0, 0.1, 0.2, 0.3, 0.4], atol=1e-6)
+        assert ep["camera"].shape == (5, 4, 4, 3) and ep["camera"][2, 0, 0, 0] == 20
+        assert ep["image"].shape == (5, 4, 4, 3) and ep["image"][0, 0, 0, 0] == 99
+    # CartPole's vector split into named parts: velocity = obs[1], angle = obs[2]
+    path, = collect("CartPole-v1", 1, tmp_path / "split", max_steps=6,
+                    vector_keys={"velocity": [1], "angle": 2})
+    env = gym.make("CartPole-v1")
+    first, _ = env.reset(seed=0)
+    with np.load(path) as ep:
+        assert "obs" not in ep and ep["velocity"].shape == (6, 1)
+        assert ep["velocity"][0, 0] == first[1] and ep["angle"][0, 0] == first[2]
+    with pytest.raises(ValueError, match=r"vector_keys\['v'\] must be indices in \[0, 4\)"):
+        collect("CartPole-v1", 1, tmp_path / "bad", vector_keys={"v": [4]})
