@@ -69,7 +69,9 @@ class InferenceModule(tf.Module):
         # tracks. A tf.Module does not see the tf.Variables inside Keras 3 layers, so
         # they are listed here, as keras.export.ExportArchive.track does; without this
         # only tf.saved_model.load (which follows the functions' captures) works.
-        self.tracked_variables = [v.value for v in model.rssm.variables]
+        # (the RSSM's and the decoder's: ``decode`` reads the decoder).
+        self.tracked_variables = [v.value for v in model.rssm.variables
+                                  + model.decoder.variables]
         c = model.config
         self.config = c
         f32 = tf.float32

@@ -25,11 +25,11 @@ import tensorflow as tf
 from rssm_tf_export.module import InferenceModule
 from rssm_tf_export.runner import (
     Call,
+    litert_cases,
     load_arrays,
     make_cases,
     run_all,
     save_cases,
-    litert_cases,
 )
 from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend
 

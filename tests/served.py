@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from rssm_tf_export.runner import load_arrays, make_cases, run_all, save_cases, litert_cases
+from rssm_tf_export.runner import litert_cases, load_arrays, make_cases, run_all, save_cases
 
 from rssm_tf import RssmState
 from rssm_tf.planning import cem, rssm_rollout

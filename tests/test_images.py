@@ -1,8 +1,6 @@
 """Image observations: the convolutional encoder and decoder, uint8 episodes, fitting
-on pixels, export parity and serving of an image model."""
+on pixels (the export and serving of image keys: tests/test_obs_space.py)."""
 
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -133,7 +131,8 @@ def test_uint8_images_round_trip_through_the_episode_store(tmp_path):
     np.testing.assert_array_equal(loaded["obs"], episode["obs"])
     with pytest.raises(EpisodeError, match="image must be uint8"):
         save_episode(tmp_path, {**episode, "image": episode["image"] / 255.0})
-    with pytest.raises(EpisodeError, match=r"image must have shape \[T, O\] \(a vector\) or \[T, H, W, C\]"):
+    with pytest.raises(EpisodeError, match=r"image must have shape \[T, O\] \(a vector\) or "
+                                           r"\[T, H, W, C\]"):
         save_episode(tmp_path, {**episode, "image": episode["image"][..., 0]})
 
 
@@ -204,100 +203,3 @@ def test_image_model_round_trips_through_keras_file(tmp_path):
     assert again.config == BOTH_CONFIG
     for key in ("image", "obs", "reward"):
         np.testing.assert_array_equal(before[key].numpy(), after[key].numpy())
-
-
-# ---------------------------------------------------------------- export / serving
-@pytest.fixture(scope="module")
-def image_export(tmp_path_factory):
-    """A briefly trained vector+image model, exported with ONNX and LiteRT. Its parity is
-    checked by the tests below against the Keras model (the exporter's own report is
-    tested on the vector model's export)."""
-    from rssm_tf_export.exporter import export_model
-
-    from rssm_tf.saving import save_world_model
-
-    model = WorldModel(BOTH_CONFIG, seed=2)
-    model.compile()
-    episodes = [square_episode(10, channels=1, seed=i, with_obs=True) for i in range(3)]
-    model.fit(make_dataset(episodes, 2, 6), epochs=1, steps_per_epoch=3, verbose=0)
-    root = tmp_path_factory.mktemp("image_export")
-    path = save_world_model(model, root / "model.keras")
-    return root / "out", export_model(path, root / "out", name="pix", verbose=False,
-                                      litert=True, parity=False)
-
-
-def test_image_export_computes_what_keras_does_on_every_backend(image_export, tmp_path):
-    """The CNN's weights are restored by TF Serving's loader and carried into the
-    SavedModel, ONNX and LiteRT: each against the Keras model run in this test."""
-    from rssm_tf_export.runner import run_all, litert_cases
-    from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
-    from served import cases_for, keras_call, run_in_tf_serving_loader
-
-    from rssm_tf.saving import load_world_model
-
-    out, _ = image_export
-    model = load_world_model(out.parent / "model.keras", compile=False)
-    cases = cases_for(model, seed=3)
-    reference = run_all(keras_call(model), cases)
-    served = run_in_tf_serving_loader(out / "saved_model" / "pix" / "1", cases, tmp_path)
-    others = {"litert": LiteRtBackend(out / "litert"), "onnx": OnnxBackend(out / "onnx"),
-              "savedmodel": SavedModelBackend(out / "saved_model" / "pix")}
-    for what, outputs in (("session", served),
-                          *((k, run_all(b.call, litert_cases(cases) if k == "litert"
-                                        else cases)) for k, b in others.items())):
-        for case in outputs:
-            ref = reference[case]
-            for key, value in ref.items():
-                if key.startswith("z_"):
-                    np.testing.assert_array_equal(outputs[case][key], value, err_msg=what)
-                else:
-                    np.testing.assert_allclose(outputs[case][key], value, atol=1e-5,
-                                               rtol=1e-5, err_msg=f"{what} {case} {key}")
-
-
-def test_image_export_signatures_take_uint8_pixels(image_export):
-    out, manifest = image_export
-    inputs = manifest["signatures"]["obs_step_noise"]["inputs"]
-    assert inputs["image"] == {"dtype": "uint8", "shape": [None, 16, 16, 1]}
-    assert inputs["obs"] == {"dtype": "float32", "shape": [None, 3]}
-    shown = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
-                            "show", "--dir", str(out / "saved_model" / "pix" / "1"),
-                            "--tag_set", "serve", "--signature_def", "obs_step"],
-                           capture_output=True, text=True, check=True).stdout
-    assert "inputs['image'] tensor_info:\n      dtype: DT_UINT8" in shown
-
-
-def test_image_client_backends_agree(image_export):
-    from rssm_tf_serving.client import WorldModelClient
-    from rssm_tf_serving.standin import StandInServer
-
-    out, _ = image_export
-    rng = np.random.default_rng(5)
-    steps = [{"obs": rng.normal(size=(2, 3)).astype(np.float32),
-              "image": rng.integers(0, 256, (2, 16, 16, 1), dtype=np.uint8)} for _ in range(4)]
-    actions = rng.uniform(-1, 1, (4, 2, 2)).astype(np.float32)
-    noise = rng.uniform(0.01, 0.99, (4, 2, 4, 4)).astype(np.float32)
-    with StandInServer(out / "saved_model" / "pix", name="pix") as server:
-        clients = {"onnx": WorldModelClient.from_export(out, "onnx"),
-                   "litert": WorldModelClient.from_export(out, "litert"),
-                   "savedmodel": WorldModelClient.from_export(out, "savedmodel"),
-                   "rest": WorldModelClient.from_export(out, "rest", url=server.rest_url),
-                   "grpc": WorldModelClient.from_export(out, "grpc",
-                                                        target=server.grpc_target)}
-        traces = {}
-        for name, client in clients.items():
-            assert client.obs_keys == ("obs", "image")
-            client.reset(2)
-            traces[name] = [client.observe(a, o, noise=n) for a, o, n in
-                            zip(actions, steps, noise)]
-    for name in ("litert", "savedmodel", "rest", "grpc"):
-        for a, b in zip(traces["onnx"], traces[name]):
-            np.testing.assert_array_equal(a["z"], b["z"], err_msg=name)
-            np.testing.assert_allclose(a["h"], b["h"], atol=1e-5, err_msg=name)
-    client = clients["onnx"]
-    with pytest.raises(TypeError, match="image must be uint8"):
-        client.observe(actions[0], {**steps[0], "image": steps[0]["image"] / 255.0})
-    with pytest.raises(ValueError, match=r"image must have shape \[2, 16, 16, 1\]"):
-        client.observe(actions[0], {**steps[0], "image": steps[0]["image"][:, :8]})
-    with pytest.raises(TypeError, match="obs must be a dict"):
-        client.observe(actions[0], steps[0]["obs"])

@@ -283,3 +283,133 @@ def test_collector_dict_spaces_and_named_vector_parts(tmp_path):
         assert ep["velocity"][0, 0] == first[1] and ep["angle"][0, 0] == first[2]
     with pytest.raises(ValueError, match=r"vector_keys\['v'\] must be indices in \[0, 4\)"):
         collect("CartPole-v1", 1, tmp_path / "bad", vector_keys={"v": [4]})
+
+
+# ------------------------------------------------------------ export / serving
+@pytest.fixture(scope="module")
+def multi_export(tmp_path_factory):
+    """The four-key model after a short fit, through .keras and the exporter (ONNX and
+    LiteRT). Tests compare the files with the Keras model (tests/served.py), not with
+    the exporter's report."""
+    from rssm_tf_export.exporter import export_model
+
+    from rssm_tf.saving import save_world_model
+
+    keras.utils.set_random_seed(2)
+    model = WorldModel(CONFIG, seed=2)
+    model.compile()
+    model.fit(make_dataset([multi_episode(12, seed=i) for i in range(3)], 2, 6), epochs=1,
+              steps_per_epoch=3, verbose=0)
+    root = tmp_path_factory.mktemp("multi_export")
+    path = save_world_model(model, root / "model.keras")
+    return root / "out", export_model(path, root / "out", name="multi", verbose=False,
+                                      litert=True, parity=False)
+
+
+def test_export_computes_what_keras_does_on_every_backend(multi_export, tmp_path):
+    """Every signature (decode included) and two 5-step rollouts, through TF Serving's
+    session loader (fresh process without rssm_tf), SavedModel, ONNX Runtime and LiteRT,
+    against the reloaded .keras model run in this test."""
+    from rssm_tf_export.runner import litert_cases, run_all
+    from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
+    from served import cases_for, keras_call, run_in_tf_serving_loader
+
+    from rssm_tf.saving import load_world_model
+
+    out, _ = multi_export
+    model = load_world_model(out.parent / "model.keras", compile=False)
+    assert model.config == CONFIG
+    cases = cases_for(model, seed=3)
+    assert set(cases["rollout_obs_step_mode"]["steps"]) == {"action", *SPACE}
+    reference = run_all(keras_call(model), cases)
+    served = run_in_tf_serving_loader(out / "saved_model" / "multi" / "1", cases, tmp_path)
+    others = {"litert": LiteRtBackend(out / "litert"), "onnx": OnnxBackend(out / "onnx"),
+              "savedmodel": SavedModelBackend(out / "saved_model" / "multi")}
+    outputs = {"session": served, **{k: run_all(b.call, litert_cases(cases) if k == "litert"
+                                                else cases) for k, b in others.items()}}
+    assert set(reference["decode"]) == set(SPACE)
+    for what, got in outputs.items():
+        assert "rollout_obs_step_noise" in got, what
+        for case in got:
+            for key, value in reference[case].items():
+                if key.startswith("z_"):
+                    np.testing.assert_array_equal(got[case][key], value, err_msg=what)
+                else:
+                    np.testing.assert_allclose(got[case][key], value, atol=1e-5, rtol=1e-5,
+                                               err_msg=f"{what} {case} {key}")
+
+
+def test_export_inputs_are_named_after_the_keys(multi_export):
+    import subprocess
+    import sys
+
+    out, manifest = multi_export
+    inputs = manifest["signatures"]["obs_step_noise"]["inputs"]
+    assert {k: inputs[k] for k in SPACE} == {
+        "joints": {"dtype": "float32", "shape": [None, 3]},
+        "velocity": {"dtype": "float32", "shape": [None, 2]},
+        "camera": {"dtype": "uint8", "shape": [None, 16, 16, 3]},
+        "depth": {"dtype": "uint8", "shape": [None, 16, 16, 1]}}
+    assert manifest["obs_space"]["depth"] == {"shape": [16, 16, 1], "dtype": "uint8"}
+    assert set(manifest["signatures"]["decode"]["outputs"]) == set(SPACE)
+    shown = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
+                            "show", "--dir", str(out / "saved_model" / "multi" / "1"),
+                            "--tag_set", "serve", "--signature_def", "obs_step"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "inputs['camera'] tensor_info:\n      dtype: DT_UINT8" in shown
+    assert "inputs['joints'] tensor_info:\n      dtype: DT_FLOAT" in shown
+
+
+def test_client_takes_the_dict_and_decodes_per_key(multi_export):
+    """Every backend of the client observes the same dict steps to the same state, and
+    ``decode`` gives each key as the Keras model decodes it."""
+    from rssm_tf_serving.client import WorldModelClient
+    from rssm_tf_serving.standin import StandInServer
+
+    from rssm_tf.saving import load_world_model
+    from rssm_tf.world_model import decode_observation
+
+    out, _ = multi_export
+    rng = np.random.default_rng(5)
+    steps = [{k: np.stack([multi_episode(3, seed=10 * t + b)[k][t] for b in range(2)])
+              for k in SPACE} for t in range(3)]
+    actions = rng.uniform(-1, 1, (3, 2, 2)).astype(np.float32)
+    noise = rng.uniform(0.01, 0.99, (3, 2, 4, 4)).astype(np.float32)
+    with StandInServer(out / "saved_model" / "multi", name="multi") as server:
+        clients = {"onnx": WorldModelClient.from_export(out, "onnx"),
+                   "litert": WorldModelClient.from_export(out, "litert"),
+                   "savedmodel": WorldModelClient.from_export(out, "savedmodel"),
+                   "rest": WorldModelClient.from_export(out, "rest", url=server.rest_url),
+                   "grpc": WorldModelClient.from_export(out, "grpc",
+                                                        target=server.grpc_target)}
+        traces, decoded = {}, {}
+        for name, client in clients.items():
+            assert client.obs_keys == ("camera", "depth", "joints", "velocity")
+            client.reset(2)
+            traces[name] = [client.observe(a, o, noise=n)
+                            for a, o, n in zip(actions, steps, noise)]
+            if name != "litert":  # decode is not converted to LiteRT
+                decoded[name] = client.decode()
+    for name in ("litert", "savedmodel", "rest", "grpc"):
+        for a, b in zip(traces["onnx"], traces[name]):
+            np.testing.assert_array_equal(a["z"], b["z"], err_msg=name)
+            np.testing.assert_allclose(a["h"], b["h"], atol=1e-5, err_msg=name)
+    model = load_world_model(out.parent / "model.keras", compile=False)
+    last = traces["onnx"][-1]
+    feat = np.concatenate([last["h"], last["z"]], -1)
+    want = decode_observation(CONFIG, model.decoder(feat))
+    for name, got in decoded.items():
+        assert set(got) == set(SPACE), name
+        for key in SPACE:
+            np.testing.assert_allclose(got[key], want[key].numpy(), atol=1e-5,
+                                       err_msg=f"{name} {key}")
+    client = clients["onnx"]
+    with pytest.raises(ValueError, match="camera must be uint8"):
+        client.observe(actions[0], {**steps[0], "camera": steps[0]["camera"] / 255.0})
+    with pytest.raises(ValueError, match=r"depth must have shape \[2, 16, 16, 1\]"):
+        client.observe(actions[0], {**steps[0], "depth": steps[0]["depth"][:, :8]})
+    with pytest.raises(ValueError, match=r"missing \['velocity'\], unknown \['speed'\]"):
+        client.observe(actions[0], {**{k: v for k, v in steps[0].items() if k != "velocity"},
+                                    "speed": steps[0]["velocity"]})
+    with pytest.raises(TypeError, match="obs must be a dict"):
+        client.observe(actions[0], steps[0]["joints"])
