@@ -184,9 +184,11 @@ class BlockLinear(keras.layers.Layer):
         to_back = list(range(1, rank - 1)) + [0, rank - 1]
         return tf.transpose(self.block_major(tf.transpose(x, to_front)), to_back)
 
-    def block_major(self, x: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
-        """The map on blocks in front: [G, ..., in] -> [G, ..., units]."""
-        return mm(self.name, x, self.kernel, None, self.bias)
+    def block_major(self, x: tf.Tensor, mm: Any = matmul, site: str | None = None
+                    ) -> tf.Tensor:
+        """The map on blocks in front: [G, ..., in] -> [G, ..., units]; ``site`` names
+        the multiplication for ``mm`` (default: the layer's name)."""
+        return mm(site or self.name, x, self.kernel, None, self.bias)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -213,8 +215,10 @@ class BlockGRU(keras.layers.Layer):
     entry per unit: the blocks' weights are block-diagonal, but the norm couples them.
     With ``n_blocks=0`` it is one dense GRU: ``r, c, u = split(Norm(Dense_3D([x, h])))``.
 
-    The input half of the first linear map is exposed as :meth:`project_input` so a
-    caller can compute it for a whole sequence at once and pass it to :meth:`step`.
+    The input half of the first linear map is the ``input_kernel`` [X, width]: a caller
+    can compute ``x @ input_kernel`` for a whole sequence at once (or in parts of ``x``'s
+    rows) and pass it to :meth:`step`, as :class:`~rssm_tf.rssm.Rssm` does; ``call``
+    does both for one step.
     """
 
     def __init__(self, units: int, n_blocks: int = 8, norm: str = "rms",
@@ -261,14 +265,10 @@ class BlockGRU(keras.layers.Layer):
             self.hidden.build((None, d))
             self.norm.build((None, self._pre_width))
 
-    def project_input(self, x: tf.Tensor) -> tf.Tensor:
-        """The input term of the first linear map: [..., X] -> [..., units] (blocks)
-        or [..., 3*units] (dense). Linear, so it can be split over parts of ``x``."""
-        return matmul("gru/input", x, self.input_kernel)
-
     def step(self, h: tf.Tensor, x_proj: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
-        """One update from ``h`` [B, units] and ``project_input(x)``; float32 result.
-        ``mm`` multiplies by the weights (see :func:`matmul`)."""
+        """One update from ``h`` [B, units] and ``x_proj = x @ input_kernel``; float32
+        result. ``mm`` multiplies by the weights (see :func:`matmul`); its sites are
+        ``<name>/hidden`` and ``<name>/gates``."""
         dtype = self.compute_dtype
         h = tf.cast(h, dtype)
         d, g = self.units, self.n_blocks
@@ -278,12 +278,13 @@ class BlockGRU(keras.layers.Layer):
                 return tf.transpose(tf.reshape(t, [-1, g, d // g]), [1, 0, 2])
 
             h = blocks(h)
-            pre = self.hidden.block_major(h, mm=mm) + blocks(x_proj)
+            pre = self.hidden.block_major(h, mm, f"{self.name}/hidden") + blocks(x_proj)
             y = tf.nn.silu(self._norm_blocks(tf.cast(pre, "float32")))
-            gates = self.gates.block_major(tf.cast(y, dtype), mm=mm)
+            gates = self.gates.block_major(tf.cast(y, dtype), mm, f"{self.name}/gates")
             r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [G, B, d/G]
         else:
-            pre = mm("gru/hidden", h, self.hidden.kernel, None, self.hidden.bias) + x_proj
+            pre = mm(f"{self.name}/hidden", h, self.hidden.kernel, None, self.hidden.bias) \
+                + x_proj
             r, c, u = tf.split(self.norm(tf.cast(pre, "float32")), 3, axis=-1)
         r = tf.sigmoid(r)
         c = tf.tanh(r * c)
@@ -309,7 +310,9 @@ class BlockGRU(keras.layers.Layer):
         return y + per_unit(self.norm.beta)
 
     def call(self, x: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
-        return self.step(h, self.project_input(tf.cast(x, self.compute_dtype)))
+        x_proj = matmul(f"{self.name}/input", tf.cast(x, self.compute_dtype),
+                        self.input_kernel)
+        return self.step(h, x_proj)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

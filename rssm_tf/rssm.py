@@ -42,6 +42,14 @@ from rssm_tf.validation import (
 )
 
 
+class KernelView(NamedTuple):
+    """Rows ``[start, stop)`` of a kernel, the part one multiplication of the step uses
+    (``rows=None``: all of it)."""
+
+    kernel: Any
+    rows: tuple[int, int] | None
+
+
 class RssmState(NamedTuple):
     """The recurrent state: ``h`` float32 [B, D] (or [B, T, D] for sequences) and
     ``z`` float32 [B, S*K] (or [B, T, S*K]), S one-hot vectors of K classes."""
@@ -124,6 +132,23 @@ class Rssm(keras.layers.Layer):
         self.continue_head.build((None, F))
         self.built = True
 
+    @property
+    def views(self) -> dict[str, KernelView]:
+        """The row layout of the two kernels the step uses in parts, named once here
+        (a property, so Keras does not track the variables a second time).
+
+        The GRU's input kernel takes ``x = [L(h) | L(z) | L(a)]``, H rows each: the loop
+        multiplies ``[L(h) | L(z)]`` (built in :meth:`_core`, in that order); the
+        action's term is computed for all T at once. The posterior's first kernel takes
+        ``[h | embed]``: D rows for ``h`` inside the loop, the encoder's width for the
+        embedding outside it."""
+        H, D = self.config.hidden_size, self.config.deterministic_size
+        E, post0 = self.encoder.embed_size, self.post_net.hidden[0].dense.kernel
+        return {"gru/input": KernelView(self.gru.input_kernel, (0, 2 * H)),
+                "gru/input_a": KernelView(self.gru.input_kernel, (2 * H, 3 * H)),
+                "post/0": KernelView(post0, (0, D)),
+                "post/embed": KernelView(post0, (D, D + E))}
+
     # ----------------------------------------------------------------- state
     def initial_state(self, batch: int | tf.Tensor) -> RssmState:
         """Zeros: ``h`` [batch, D], ``z`` [batch, S*K], float32."""
@@ -139,28 +164,23 @@ class Rssm(keras.layers.Layer):
         action = tf.cast(action, "float32")
         a = action / tf.stop_gradient(tf.maximum(1.0, tf.abs(action)))
         a_feat = self.inp_a(tf.cast(a, self.compute_dtype))
-        H = self.config.hidden_size
-        return matmul("gru/input_a", a_feat, self.gru.input_kernel, (2 * H, 3 * H))
+        return matmul("gru/input_a", a_feat, *self.views["gru/input_a"])
 
     def _embed_proj(self, obs: dict[str, tf.Tensor]) -> tf.Tensor:
         """Posterior's first-layer term of the observation dict -> [..., H]."""
-        D, E = self.config.deterministic_size, self.encoder.embed_size
-        return matmul("post/embed", self.encoder(obs), self.post_net.hidden[0].dense.kernel,
-                      (D, D + E))
+        return matmul("post/embed", self.encoder(obs), *self.views["post/embed"])
 
     def _core(self, h: tf.Tensor, z: tf.Tensor, a_proj: tf.Tensor,
               mm: Any = matmul) -> tf.Tensor:
         """``h' = GRU(concat(L(h), L(z), L(a)), h)`` given the action's term."""
         dtype = self.compute_dtype
-        H = self.config.hidden_size
         # a non-negative axis: tf2onnx cannot resolve -1 where it loses the shapes (the
         # planner's rollout runs this inside two nested loops)
         x = tf.concat([self.inp_h.activate(mm("inp_h", tf.cast(h, dtype),
                                                 self.inp_h.dense.kernel)),
                        self.inp_z.activate(mm("inp_z", tf.cast(z, dtype),
                                                 self.inp_z.dense.kernel))], h.shape.rank - 1)
-        x_proj = mm("gru/input", x, self.gru.input_kernel, (0, 2 * H)) \
-            + tf.cast(a_proj, dtype)
+        x_proj = mm("gru/input", x, *self.views["gru/input"]) + tf.cast(a_proj, dtype)
         return self.gru.step(h, x_proj, mm)
 
     def _to_logits(self, flat: tf.Tensor) -> tf.Tensor:
@@ -171,8 +191,8 @@ class Rssm(keras.layers.Layer):
     def _post_logits(self, h: tf.Tensor, e_proj: tf.Tensor, mm: Any = matmul) -> tf.Tensor:
         dtype = self.compute_dtype
         first = self.post_net.hidden[0]
-        x = first.activate(mm("post/0", tf.cast(h, dtype), first.dense.kernel,
-                              (0, self.config.deterministic_size)) + tf.cast(e_proj, dtype))
+        x = first.activate(mm("post/0", tf.cast(h, dtype), *self.views["post/0"])
+                           + tf.cast(e_proj, dtype))
         for i, layer in enumerate(self.post_net.hidden[1:]):
             x = layer.activate(mm(f"post/{i + 1}", x, layer.dense.kernel))
         out = self.post_net.out

@@ -14,15 +14,60 @@ one matmul over all T*B rows: ``dW = X^T dY``, and a bias added at a site
 (``y = x @ W + b``) gets the sum of ``dY``.
 
 Gradients are equal to TensorFlow's autodiff of the same loop (a test checks 1e-5).
+
+The contract with the model: every weight multiplication of
+:meth:`Rssm._observe_step` goes through its ``mm`` argument with a site name unique in
+the step (checked when the loop is built: a repeated name would silently drop a
+gradient); a kernel used in parts is passed as the rows of a named
+:class:`~rssm_tf.rssm.KernelView`. The loop's inputs travel as one :class:`LoopInputs`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
 from rssm_tf.layers import matmul
+
+
+class Site(NamedTuple):
+    """One weight multiplication of the step: ``y = x @ kernel[rows] + bias``."""
+
+    name: str
+    kernel: Any
+    rows: tuple[int, int] | None
+    bias: Any
+
+
+class LoopInputs(NamedTuple):
+    """The observe loop's inputs, time-major: ``h0`` [B, D], ``z0`` [B, S*K],
+    ``first`` [T, B, 1], ``a_proj`` [T, B, P], ``e_proj`` [T, B, H], ``noise``
+    [T, B, S, K] Gumbel noise or None (the mode)."""
+
+    h0: tf.Tensor
+    z0: tf.Tensor
+    first: tf.Tensor
+    a_proj: tf.Tensor
+    e_proj: tf.Tensor
+    noise: tf.Tensor | None
+
+    def step(self, t: Any) -> tuple:
+        """Step ``t``'s ``(first, a_proj, e_proj, noise)``."""
+        return (self.first[t], self.a_proj[t], self.e_proj[t],
+                None if self.noise is None else self.noise[t])
+
+
+class Forward(NamedTuple):
+    """What the forward loop keeps: the outputs ``hs``, ``zs``, ``posts`` and each
+    site's inputs ``xs`` and outputs ``ys`` ([T, ...] each, in site order)."""
+
+    hs: tf.Tensor
+    zs: tf.Tensor
+    posts: tf.Tensor
+    xs: list[tf.Tensor]
+    ys: list[tf.Tensor]
 
 
 def _tf_variable(var: Any) -> tf.Variable:
@@ -30,55 +75,55 @@ def _tf_variable(var: Any) -> tf.Variable:
     return var if isinstance(var, tf.Variable) else var.value
 
 
-def _sites(rssm: Any, h: tf.Tensor, z: tf.Tensor, first: tf.Tensor, a: tf.Tensor,
-           e: tf.Tensor, noise: tf.Tensor | None) -> list[tuple[str, Any, Any, Any]]:
-    """The step's weight multiplications in call order: (site, kernel, rows, bias)."""
-    found: list[tuple[str, Any, Any, Any]] = []
+def _sites(rssm: Any, inputs: LoopInputs) -> list[Site]:
+    """The step's weight multiplications in call order; raises ``ValueError`` if a
+    site name repeats."""
+    found: list[Site] = []
 
     def record(site: str, x: tf.Tensor, kernel: Any, rows: Any = None,
                bias: Any = None) -> tf.Tensor:
-        found.append((site, kernel, rows, bias))
+        found.append(Site(site, kernel, rows, bias))
         return matmul(site, x, kernel, rows, bias)
 
     # Traced for its side effect: in a graph it is dead code and pruned.
-    rssm._observe_step(h, z, first, a, e, noise, record)
+    rssm._observe_step(inputs.h0, inputs.z0, *inputs.step(0), record)
+    repeated = sorted(n for n, k in Counter(site.name for site in found).items() if k > 1)
+    if repeated:
+        raise ValueError(f"the observe step names the weight multiplication(s) {repeated} "
+                         "more than once; every site needs its own name, or the "
+                         "hand-written backward would drop a gradient")
     return found
 
 
 def observe_scan(rssm: Any, h0: tf.Tensor, z0: tf.Tensor, first: tf.Tensor,
                  a_proj: tf.Tensor, e_proj: tf.Tensor, noise: tf.Tensor | None
                  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Time-major observe loop: ``first`` [T, B, 1], ``a_proj`` [T, B, P], ``e_proj``
-    [T, B, H], ``noise`` [T, B, S, K] Gumbel noise or None (mode) -> ``hs`` [T, B, D], ``zs``
-    [T, B, S*K], ``posts`` [T, B, S, K], with the hand-written backward."""
-    has_noise = noise is not None
-    noise_tm = noise if has_noise else tf.zeros([tf.shape(first)[0], 0])
-    sites = _sites(rssm, h0, z0, first[0], a_proj[0], e_proj[0],
-                   noise_tm[0] if has_noise else None)
+    """Time-major observe loop (the arguments of :class:`LoopInputs`) -> ``hs``
+    [T, B, D], ``zs`` [T, B, S*K], ``posts`` [T, B, S, K], with the hand-written
+    backward."""
+    sites = _sites(rssm, LoopInputs(h0, z0, first, a_proj, e_proj, noise))
 
     @tf.custom_gradient
     def run(h0, z0, a_proj, e_proj):
-        hs, zs, posts, xs, ys = _forward(rssm, sites, h0, z0, first, a_proj, e_proj,
-                                         noise_tm, has_noise)
+        inputs = LoopInputs(h0, z0, first, a_proj, e_proj, noise)
+        forward = _forward(rssm, sites, inputs)
 
         def grad(dhs, dzs, dposts, variables=None):
-            return _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm,
-                             has_noise, hs, zs, posts, xs, ys, dhs, dzs, dposts,
+            return _backward(rssm, sites, inputs, forward, (dhs, dzs, dposts),
                              variables or [])
 
-        return (hs, zs, posts), grad
+        return (forward.hs, forward.zs, forward.posts), grad
 
     return run(h0, z0, a_proj, e_proj)
 
 
-def _forward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise):
-    """The observe loop (time-major) -> ``hs``, ``zs``, ``posts`` and each site's
-    stored inputs ``xs`` and outputs ``ys`` ([T, B, ...] each)."""
-    steps = tf.shape(first)[0]
+def _forward(rssm: Any, sites: list[Site], inputs: LoopInputs) -> Forward:
+    """The observe loop (time-major), keeping each site's inputs and outputs."""
+    steps = tf.shape(inputs.first)[0]
     c = rssm.config
     # Each site's kernel (its rows, in the compute dtype) made once: sliced inside the
     # loop, XLA copies the rows every step.
-    kernels = {s: _kernel(var, rows, rssm.compute_dtype) for s, var, rows, _ in sites}
+    kernels = {s.name: _kernel(s.kernel, s.rows, rssm.compute_dtype) for s in sites}
 
     def body(t, h, z, out, xs, ys):
         recorded: dict[str, tuple[tf.Tensor, tf.Tensor]] = {}
@@ -88,11 +133,10 @@ def _forward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise):
             recorded[site] = (x, y)
             return y
 
-        h, z, post = rssm._observe_step(h, z, first[t], a_proj[t], e_proj[t],
-                                        noise_tm[t] if has_noise else None, record)
+        h, z, post = rssm._observe_step(h, z, *inputs.step(t), record)
         out = [ta.write(t, v) for ta, v in zip(out, (h, z, post))]
-        xs = [ta.write(t, recorded[s][0]) for ta, (s, *_) in zip(xs, sites)]
-        ys = [ta.write(t, recorded[s][1]) for ta, (s, *_) in zip(ys, sites)]
+        xs = [ta.write(t, recorded[s.name][0]) for ta, s in zip(xs, sites)]
+        ys = [ta.write(t, recorded[s.name][1]) for ta, s in zip(ys, sites)]
         return t + 1, h, z, out, xs, ys
 
     def arrays(n, dtype=rssm.compute_dtype):
@@ -103,9 +147,9 @@ def _forward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise):
                                                   element_shape=post_shape)]
     _, _, _, out, xs, ys = tf.while_loop(
         lambda t, *_: t < steps, body,
-        (0, h0, z0, out, arrays(len(sites)), arrays(len(sites))))
+        (0, inputs.h0, inputs.z0, out, arrays(len(sites)), arrays(len(sites))))
     hs, zs, posts = (ta.stack() for ta in out)
-    return hs, zs, posts, [ta.stack() for ta in xs], [ta.stack() for ta in ys]
+    return Forward(hs, zs, posts, [ta.stack() for ta in xs], [ta.stack() for ta in ys])
 
 
 def _kernel(kernel: Any, rows: Any, dtype: tf.DType) -> tf.Tensor:
@@ -136,21 +180,23 @@ def _replay(y: tf.Tensor, x: tf.Tensor, w_t: tf.Tensor) -> tf.Tensor:
     return replay(x)
 
 
-def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, hs, zs,
-              posts, site_xs, site_ys, dhs, dzs, dposts, variables):
-    dhs = tf.zeros_like(hs) if dhs is None else dhs
-    dzs = tf.zeros_like(zs) if dzs is None else dzs
-    dposts = tf.zeros_like(posts) if dposts is None else dposts
+def _backward(rssm: Any, sites: list[Site], inputs: LoopInputs, forward: Forward,
+              upstream: tuple, variables: list) -> tuple[tuple, list]:
+    """Gradients of the loop: ``upstream`` is ``(dhs, dzs, dposts)`` (None for an unused
+    output); returns the gradients of ``(h0, z0, a_proj, e_proj)`` and of
+    ``variables`` (the ones the loop reads)."""
+    hs, zs, posts = forward.hs, forward.zs, forward.posts
+    dhs, dzs, dposts = (tf.zeros_like(v) if d is None else d
+                        for d, v in zip(upstream, (hs, zs, posts)))
+    h0, z0, a_proj, e_proj = inputs.h0, inputs.z0, inputs.a_proj, inputs.e_proj
     steps = tf.shape(hs)[0]
     h_prev = tf.concat([h0[None], hs[:-1]], 0)
     z_prev = tf.concat([z0[None], zs[:-1]], 0)
     # Kernels and biases get their gradients after the loop, from each site's dL/dy.
-    big = {id(_tf_variable(v)) for _, kernel, _, bias in sites
-           for v in (kernel, bias) if v is not None}
+    big = {id(_tf_variable(v)) for s in sites for v in (s.kernel, s.bias) if v is not None}
     small = [v for v in variables if id(v) not in big]
-    stored = {s: y for (s, *_), y in zip(sites, site_ys)}
-    transposed = {s: _transposed(var, rows, rssm.compute_dtype)
-                  for s, var, rows, _ in sites}
+    stored = {s.name: y for s, y in zip(sites, forward.ys)}
+    transposed = {s.name: _transposed(s.kernel, s.rows, rssm.compute_dtype) for s in sites}
 
     def body(t, dh, dz, small_acc, dys, das, des):
         recorded: dict[str, tf.Tensor] = {}
@@ -160,16 +206,16 @@ def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, h
             recorded[site] = y
             return y
 
-        hp, zp, a_t, e_t = h_prev[t], z_prev[t], a_proj[t], e_proj[t]
+        hp, zp = h_prev[t], z_prev[t]
+        first_t, a_t, e_t, noise_t = inputs.step(t)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch([hp, zp, a_t, e_t])
             for v in small:
                 tape.watch(v)
-            h1, z1, post = rssm._observe_step(hp, zp, first[t], a_t, e_t,
-                                              noise_tm[t] if has_noise else None, record)
+            h1, z1, post = rssm._observe_step(hp, zp, first_t, a_t, e_t, noise_t, record)
             target = (tf.reduce_sum((dhs[t] + dh) * h1) + tf.reduce_sum((dzs[t] + dz) * z1)
                       + tf.reduce_sum(dposts[t] * post))
-        ys = [recorded[s] for s, *_ in sites]
+        ys = [recorded[s.name] for s in sites]
         grads = tape.gradient(target, [hp, zp, a_t, e_t] + small + ys,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         g_h, g_z, g_a, g_e = grads[:4]
@@ -190,7 +236,7 @@ def _backward(rssm, sites, h0, z0, first, a_proj, e_proj, noise_tm, has_noise, h
         g = tf.cast(g, var.dtype)
         grads[id(var)] = grads[id(var)] + g if id(var) in grads else g
 
-    for (_, keras_var, rows, bias), x_all, dy_ta in zip(sites, site_xs, dys):
+    for (_, keras_var, rows, bias), x_all, dy_ta in zip(sites, forward.xs, dys):
         var = _tf_variable(keras_var)
         x = tf.cast(x_all, "float32")
         dy = tf.cast(dy_ta.stack(), "float32")

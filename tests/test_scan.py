@@ -89,3 +89,47 @@ def test_manual_backward_under_mixed_precision(policy):
         assert error < 0.03, (var.path, error)
         assert a @ m / (np.linalg.norm(a) * np.linalg.norm(m)) > 0.999, var.path
     assert worst > 0  # the comparison ran in the low precision
+
+
+def test_repeated_site_name_is_refused():
+    """Two multiplications under one site name would share one stored output and one
+    kernel gradient: the loop refuses to build instead."""
+    from rssm_tf.scan import LoopInputs, _sites
+
+    config = RssmConfig(5, 3, deterministic_size=16, n_categories=4, n_classes=3,
+                        hidden_size=8, n_blocks=4)
+    rssm = Rssm(config, seed=0)
+    inputs = LoopInputs(tf.zeros([2, 16]), tf.zeros([2, 12]), tf.zeros([1, 2, 1]),
+                        tf.zeros([1, 2, 16]), tf.zeros([1, 2, 8]), None)
+    names = [site.name for site in _sites(rssm, inputs)]
+    assert names == ["inp_h", "inp_z", "gru/input", "gru/hidden", "gru/gates", "post/0",
+                     "post/out"]
+    original = rssm._observe_step
+
+    def clashing(h, z, first, a, e, noise, mm):
+        def renamed(site, *args):
+            return mm("inp_h" if site == "inp_z" else site, *args)
+
+        return original(h, z, first, a, e, noise, renamed)
+
+    rssm._observe_step = clashing
+    with pytest.raises(ValueError, match=r"\['inp_h'\] more than once"):
+        _sites(rssm, inputs)
+
+
+def test_kernel_views_split_the_rows_once():
+    """The named views cover the GRU input kernel's [L(h) | L(z) | L(a)] rows and the
+    posterior's [h | embed] rows exactly, without overlap."""
+    config = RssmConfig(5, 3, deterministic_size=16, n_categories=4, n_classes=3,
+                        hidden_size=8, n_blocks=4)
+    rssm = Rssm(config, seed=0)
+    views = rssm.views
+    assert views["gru/input"].rows == (0, 16) and views["gru/input_a"].rows == (16, 24)
+    assert views["gru/input"].kernel is views["gru/input_a"].kernel is rssm.gru.input_kernel
+    assert rssm.gru.input_kernel.shape[0] == 24
+    embed = rssm.encoder.embed_size
+    assert views["post/0"].rows == (0, 16) and views["post/embed"].rows == (16, 16 + embed)
+    assert views["post/0"].kernel.shape[0] == 16 + embed
+    # a property: Keras does not track the variables a second time
+    paths = [v.path for v in rssm.variables]
+    assert len(paths) == len(set(paths))
