@@ -2,9 +2,12 @@
 
 TorchRL's ``RSSMPriorV3`` (block GRU) and ``RSSMPosteriorV3`` inside
 ``RSSMRolloutV3``, at the sizes of an ``RssmConfig``, with an MLP encoder and decoder
-and reward (255 twohot bins) and continue heads of the same depths as ours, the same
-loss terms (symlog reconstruction, twohot reward, continue BCE, balanced KL with free
-nats) and Adam. Optional: needs ``pip install torch==2.13.0 torchrl==0.14.1``.
+(vectors) or TorchRL's ``DreamerV3ImageEncoder``/``DreamerV3ImageDecoder`` (an image
+config: depth ``cnn_depth``, multipliers 1-2-4-8, ``cnn_kernel``, which TorchRL needs
+odd; a dense projection in the decoder, as ours), reward (255 twohot bins) and continue
+heads of the same depths as ours, the same loss terms (symlog reconstruction or summed
+pixel squared error, twohot reward, continue BCE, balanced KL with free nats) and Adam.
+Optional: needs ``pip install torch==2.13.0 torchrl==0.14.1``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.modules.models import RSSMPosteriorV3, RSSMPriorV3, RSSMRolloutV3
+from torchrl.modules.models.model_based import DreamerV3ImageDecoder, DreamerV3ImageEncoder
 
 
 def _mlp(inp: int, width: int, layers: int, out: int | None) -> nn.Sequential:
@@ -51,8 +55,38 @@ def torchrl_step(config, batch: int, seq: int) -> tuple[Callable[[], float], flo
                         action_dim=c.action_dim, recurrent_model="block_gru",
                         num_blocks=c.n_blocks, num_layers=1, prior_num_layers=c.prior_layers,
                         unimix=c.unimix)
+    feat = D + S * K
+    rng = np.random.default_rng(0)
+    if c.image_shape:  # pixels only: channels first, as TorchRL's modules take them
+        height, width, channels = c.image_shape
+        mults = (1, 2, 4, 8)[:c.cnn_stages]
+        encoder = DreamerV3ImageEncoder(channels, depth=c.cnn_depth, mults=mults,
+                                        kernel_size=c.cnn_kernel)
+        decoder = DreamerV3ImageDecoder(feat, (channels, height, width), depth=c.cnn_depth,
+                                        mults=mults, kernel_size=c.cnn_kernel, num_blocks=1)
+        obs = torch.tensor(rng.integers(0, 256, (batch, seq, channels, height, width)),
+                           dtype=torch.uint8)
+        target = obs.float() / 255.0
+        embed = encoder(obs[:1, :1]).shape[-1]
+
+        def encode() -> torch.Tensor:
+            return encoder(obs)
+
+        def rec_loss(f: torch.Tensor) -> torch.Tensor:
+            return (decoder(f) - target).square().sum((-3, -2, -1))
+    else:
+        encoder = _mlp(c.obs_dim, H, c.encoder_layers, None)
+        decoder = _mlp(feat, H, c.decoder_layers, c.obs_dim)
+        obs = torch.tensor(rng.normal(size=(batch, seq, c.obs_dim)), dtype=torch.float32)
+        embed = H
+
+        def encode() -> torch.Tensor:
+            return encoder(_symlog(obs))
+
+        def rec_loss(f: torch.Tensor) -> torch.Tensor:
+            return (decoder(f) - _symlog(obs)).square().sum(-1)
     posterior = RSSMPosteriorV3(hidden_dim=H, num_categoricals=S, num_classes=K,
-                                rnn_hidden_dim=D, obs_embed_dim=H, use_rms_norm=True,
+                                rnn_hidden_dim=D, obs_embed_dim=embed, use_rms_norm=True,
                                 num_layers=c.posterior_layers, unimix=c.unimix)
     rollout = RSSMRolloutV3(
         TensorDictModule(prior, in_keys=["state", "belief", "action"],
@@ -61,17 +95,12 @@ def torchrl_step(config, batch: int, seq: int) -> tuple[Callable[[], float], flo
         TensorDictModule(posterior, in_keys=[("next", "belief"), ("next", "encoded_latents")],
                          out_keys=[("next", "posterior_logits"), ("next", "state")]),
         reset_key="is_init")
-    feat = D + S * K
-    encoder = _mlp(c.obs_dim, H, c.encoder_layers, None)
-    decoder = _mlp(feat, H, c.decoder_layers, c.obs_dim)
     reward = _mlp(feat, H, c.head_layers, 255)
     cont = _mlp(feat, H, c.head_layers, 1)
     modules = nn.ModuleList([rollout, encoder, decoder, reward, cont])
     optimizer = torch.optim.Adam(modules.parameters(), lr=1e-4, eps=1e-8)
     bins = torch.linspace(-20.0, 20.0, 255)
 
-    rng = np.random.default_rng(0)
-    obs = torch.tensor(rng.normal(size=(batch, seq, c.obs_dim)), dtype=torch.float32)
     action = torch.tensor(rng.uniform(-1, 1, (batch, seq, c.action_dim)), dtype=torch.float32)
     rew = torch.tensor(rng.normal(size=(batch, seq)), dtype=torch.float32)
     is_init = torch.zeros(batch, seq, 1, dtype=torch.bool)
@@ -82,13 +111,13 @@ def torchrl_step(config, batch: int, seq: int) -> tuple[Callable[[], float], flo
         data = TensorDict({"state": torch.zeros(batch, seq, S * K),
                            "belief": torch.zeros(batch, seq, D), "action": action,
                            "is_init": is_init,
-                           "next": {"encoded_latents": encoder(_symlog(obs))}},
+                           "next": {"encoded_latents": encode()}},
                           [batch, seq])
         out = rollout(data)
         post = out["next", "posterior_logits"].reshape(batch, seq, S, K)
         prior_logits = out["next", "prior_logits"].reshape(batch, seq, S, K)
         f = torch.cat([out["next", "belief"], out["next", "state"].reshape(batch, seq, -1)], -1)
-        rec = (decoder(f) - _symlog(obs)).square().sum(-1)
+        rec = rec_loss(f)
         x = _symlog(rew).clamp(-20, 20)
         k = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, 253)
         w_hi = ((x - bins[k]) / (bins[k + 1] - bins[k])).clamp(0, 1)

@@ -413,3 +413,23 @@ def test_client_takes_the_dict_and_decodes_per_key(multi_export):
                                     "speed": steps[0]["velocity"]})
     with pytest.raises(TypeError, match="obs must be a dict"):
         client.observe(actions[0], steps[0]["joints"])
+
+
+def test_imagination_pictures_per_image_key_and_cli_keys(tmp_path):
+    from rssm_tf.callbacks import ImaginationCallback
+    from rssm_tf.cli import parse_vector_keys
+
+    model = WorldModel(CONFIG, seed=0)
+    callback = ImaginationCallback([multi_episode(10, seed=1)], tmp_path, context=3,
+                                   horizon=4)
+    callback.set_model(model)
+    callback.on_epoch_end(0)
+    assert sorted(callback.paths) == ["imagination", "imagination_frames_camera",
+                                      "imagination_frames_depth"]
+    for path in callback.paths.values():
+        image = tf.image.decode_png(path.read_bytes())
+        assert image.shape[0] > 50 and image.shape[1] > 50
+    assert parse_vector_keys(["velocity=1,3", "angle=2"]) == {"velocity": [1, 3],
+                                                             "angle": [2]}
+    with pytest.raises(ValueError, match="--vector-keys takes KEY=I"):
+        parse_vector_keys(["velocity"])
