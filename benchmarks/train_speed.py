@@ -274,18 +274,14 @@ def main() -> int:
               "imagine_1024x15": imagine, "matmul_gflops": {"float32": peak32,
                                                             "bfloat16": peak16},
               "fraction_of_fp32_peak": best["gflops_per_s"] / peak32}
-    if image_rounds is not None:
-        report["torchrl_image_ms_over_ours"] = image_rounds["ratio"]
-        report["torchrl_image_rounds"] = image_rounds["rounds"]
-        per_round = ", ".join(f"{r['ratio']:.2f}" for r in image_rounds["rounds"])
-        print(f"TorchRL image ms / ours (kernel 5): {image_rounds['ratio']:.2f} (median of "
-              f"{len(image_rounds['rounds'])} alternating rounds: {per_round})")
-    if rounds is not None:
-        report["torchrl_ms_over_ours"] = rounds["ratio"]
-        report["torchrl_rounds"] = rounds["rounds"]
-        per_round = ", ".join(f"{r['ratio']:.2f}" for r in rounds["rounds"])
-        print(f"TorchRL ms / ours (float32, XLA): {rounds['ratio']:.2f} (median of "
-              f"{len(rounds['rounds'])} alternating rounds: {per_round})")
+    for key, label, result in (("torchrl", "float32, XLA", rounds),
+                               ("torchrl_image", "image, kernel 5", image_rounds)):
+        if result is not None:
+            report[f"{key}_ms_over_ours"] = result["ratio"]
+            report[f"{key}_rounds"] = result["rounds"]
+            per_round = ", ".join(f"{r['ratio']:.2f}" for r in result["rounds"])
+            print(f"TorchRL ms / ours ({label}): {result['ratio']:.2f} (median of "
+                  f"{len(result['rounds'])} alternating rounds: {per_round})")
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")
     return 0

@@ -112,7 +112,7 @@ def imagination_figure(real_obs: np.ndarray | dict[str, np.ndarray],
     import matplotlib.pyplot as plt
 
     if not isinstance(real_obs, dict):
-        real_obs, dream_obs = {"obs": real_obs}, {"obs": dream_obs}
+        real_obs, dream_obs = {"obs": real_obs}, {"obs": dream_obs}  # a label only
     series = [(real[:, i], dream_obs[key][:, i], f"{key}[{i}]")
               for key, real in real_obs.items() for i in range(min(max_dims, real.shape[-1]))]
     series.append((real_reward, dream_reward, "reward"))

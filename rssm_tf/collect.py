@@ -24,6 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from rssm_tf.config import IMAGE_KEY, VECTOR_KEY
 from rssm_tf.data import save_episode
 from rssm_tf.validation import check_positive_int
 
@@ -140,9 +141,9 @@ def make_env(env_id: str, image_size: Any = None,
         pixels = parts is None and _is_image(space)
         split = None if parts is not None or pixels else _check_vector_keys(
             vector_keys, int(np.prod(space.shape)))
-        if (parts and size and "image" in parts) or (split and size and "image" in split):
-            raise ValueError(f"image_size records rendered frames as 'image', but "
-                             f"{env_id!r} observations already have a key 'image'")
+        if size and IMAGE_KEY in (parts or split or {}):
+            raise ValueError(f"image_size records rendered frames as {IMAGE_KEY!r}, but "
+                             f"{env_id!r} observations already have that key")
     except ValueError:
         env.close()
         raise
@@ -152,12 +153,13 @@ def make_env(env_id: str, image_size: Any = None,
             out = {k: resize_image(obs[k], size) if _is_image(parts[k])
                    else np.asarray(obs[k], np.float32).ravel() for k in parts}
         elif pixels:
-            return {"image": resize_image(obs, size)}
+            return {IMAGE_KEY: resize_image(obs, size)}
         else:
             flat = np.asarray(obs, np.float32).ravel()
-            out = {"obs": flat} if split is None else {k: flat[i] for k, i in split.items()}
+            out = {VECTOR_KEY: flat} if split is None else \
+                {k: flat[i] for k, i in split.items()}
         if size:
-            out["image"] = resize_image(env.render(), size)
+            out[IMAGE_KEY] = resize_image(env.render(), size)
         return out
 
     return env, observe

@@ -17,6 +17,9 @@ from rssm_tf.validation import check_positive_int
 _ACTIVATIONS = ("silu",)
 _NORMS = ("rms", "layer")
 _INITIAL = ("zeros",)
+# The keys of the short forms, the one place they are spelled: obs_dim is {"obs": (O,)},
+# image_shape is {"image": (H, W, C)} (the collector names a plain observation so too).
+VECTOR_KEY, IMAGE_KEY = "obs", "image"
 # A key becomes a SavedModel/ONNX input name, a batch key and an output name: a
 # letter, then letters, digits and underscores, none of the names these already use.
 _KEY_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -190,11 +193,12 @@ class RssmConfig:
         one ``"obs"`` vector and/or one ``"image"`` image (so it equals
         ``RssmConfig(obs_dim, action_dim, image_shape=...)``)."""
         shapes = {k: tuple(v) for k, v in obs_space.items()}
-        short = set(shapes) <= {"obs", "image"} \
-            and len(shapes.get("obs", (0,))) == 1 and len(shapes.get("image", (0,) * 3)) == 3
+        short = set(shapes) <= {VECTOR_KEY, IMAGE_KEY} \
+            and len(shapes.get(VECTOR_KEY, (0,))) == 1 \
+            and len(shapes.get(IMAGE_KEY, (0,) * 3)) == 3
         if short:
-            return cls(obs_dim=shapes["obs"][0] if "obs" in shapes else 0,
-                       action_dim=action_dim, image_shape=shapes.get("image"), **fields)
+            return cls(obs_dim=shapes[VECTOR_KEY][0] if VECTOR_KEY in shapes else 0,
+                       action_dim=action_dim, image_shape=shapes.get(IMAGE_KEY), **fields)
         return cls(action_dim=action_dim, obs_space=shapes, **fields)
 
     @property
@@ -205,9 +209,9 @@ class RssmConfig:
             return dict(self.obs_space)
         shapes: dict[str, tuple[int, ...]] = {}
         if self.obs_dim:
-            shapes["obs"] = (self.obs_dim,)
+            shapes[VECTOR_KEY] = (self.obs_dim,)
         if self.image_shape:
-            shapes["image"] = tuple(self.image_shape)
+            shapes[IMAGE_KEY] = tuple(self.image_shape)
         return shapes
 
     @property
