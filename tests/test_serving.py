@@ -35,7 +35,7 @@ def clients(exported, server):
 def episode(client, seed=0, steps=6, batch=3):
     rng = np.random.default_rng(seed)
     return {"action": rng.uniform(-1, 1, (steps, batch, client.action_dim)).astype("f"),
-            "obs": rng.normal(size=(steps, batch, client.obs_dim)).astype("f"),
+            "obs": rng.normal(size=(steps, batch, *client.obs_space["obs"][0])).astype("f"),
             "noise": rng.uniform(0.01, 0.99, (steps, batch, client.groups, client.classes)
                                  ).astype("f"),
             "actions": rng.uniform(-1, 1, (batch, 7, client.action_dim)).astype("f"),
@@ -236,8 +236,8 @@ def test_client_reads_the_signatures_from_the_server(exported, server, clients, 
     client = WorldModelClient.from_server(protocol, model="wm", **where)
     assert client.manifest["signatures"]["obs_step_noise"] == \
         manifest["signatures"]["obs_step_noise"]
-    assert (client.deter, client.groups, client.classes, client.obs_dim, client.action_dim) \
-        == (32, 4, 4, 4, 2)
+    assert (client.deter, client.groups, client.classes, client.action_dim) == (32, 4, 4, 2)
+    assert client.obs_space == {"obs": ((4,), "float32")}
     data = episode(client, seed=8)
     reference, trace = rollout(clients["onnx"], data, "noise"), rollout(client, data, "noise")
     for a, b in zip(reference, trace):
