@@ -61,9 +61,7 @@ def measure(client, iters: int, warmup: int) -> dict[str, dict[str, float]]:
     result = {}
     for batch in (1, 64):
         action = rng.uniform(-1, 1, (batch, client.action_dim)).astype(np.float32)
-        obs = {k: rng.integers(0, 256, (batch, *shape), dtype=np.uint8) if dtype == "uint8"
-               else rng.normal(size=(batch, *shape)).astype(np.float32)
-               for k, (shape, dtype) in client.obs_space.items()}
+        obs = client.random_observation(rng, batch)
         noise = rng.uniform(0.01, 0.99, (batch, client.groups, client.classes)).astype(np.float32)
         client.reset(batch)
         state = client.state

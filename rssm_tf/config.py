@@ -136,10 +136,7 @@ class RssmConfig:
                                  f"{sorted(RESERVED_KEYS)}")
             if isinstance(shape, int) and not isinstance(shape, bool):
                 shape = (shape,)
-            if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") \
-                    or len(shape) not in (1, 3) or any(
-                        isinstance(v, bool) or not isinstance(v, int) or v <= 0
-                        for v in shape):
+            if not _is_shape(shape, (1, 3)):
                 raise ValueError(
                     f"obs_space[{key!r}] must be (size,) for a vector or (height, width, "
                     f"channels) for an image, of positive integers; got {shape!r}")
@@ -161,9 +158,7 @@ class RssmConfig:
                                  "or an obs_space")
             return
         if shape is not None:
-            if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") \
-                    or len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int)
-                                              or v <= 0 for v in shape):
+            if not _is_shape(shape, (3,)):
                 raise ValueError(f"image_shape must be (height, width, channels) of "
                                  f"positive integers, got {shape!r}")
             object.__setattr__(self, "image_shape", tuple(shape))  # JSON gives a list
@@ -315,6 +310,13 @@ class KlBalanceConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> KlBalanceConfig:
         return _from_dict(cls, values)
+
+
+def _is_shape(value: Any, ranks: tuple[int, ...]) -> bool:
+    """Whether ``value`` is a sequence of ``ranks`` positive integers (not bools)."""
+    return not isinstance(value, (str, bytes)) and hasattr(value, "__len__") \
+        and len(value) in ranks and all(not isinstance(v, bool) and isinstance(v, int)
+                                        and v > 0 for v in value)
 
 
 def _from_dict(cls: type, values: dict[str, Any]) -> Any:

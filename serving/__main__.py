@@ -45,10 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 obs = {k: ep[k] for k in client.obs_keys}
                 action = ep["action"]
         else:
-            obs = {k: rng.integers(0, 256, (args.steps, *shape), dtype=np.uint8)
-                   if dtype == "uint8" else
-                   rng.normal(size=(args.steps, *shape)).astype(np.float32)
-                   for k, (shape, dtype) in client.obs_space.items()}
+            obs = client.random_observation(rng, args.steps)
             action = rng.uniform(-1, 1, (args.steps, client.action_dim)).astype(np.float32)
         steps = min(args.steps, len(action))
         client.reset(1)

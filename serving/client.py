@@ -150,6 +150,15 @@ class WorldModelClient:
     def batch_size(self) -> int | None:
         return None if self.h is None else int(self.h.shape[0])
 
+    def random_observation(self, rng: np.random.Generator, *lead: int
+                           ) -> dict[str, np.ndarray]:
+        """Random inputs for every observation key, [*lead, *shape] each: uint8 pixels
+        for an image key, standard normal float32 for a vector key (for smoke runs and
+        benchmarks)."""
+        return {k: rng.integers(0, 256, (*lead, *shape), dtype=np.uint8) if dtype == "uint8"
+                else rng.normal(size=(*lead, *shape)).astype(np.float32)
+                for k, (shape, dtype) in self.obs_space.items()}
+
     def reset(self, batch_size: int = 1) -> None:
         """Starts every sequence afresh: ``h`` and ``z`` zeros (the initial state)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
