@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import tensorflow as tf
 from rssm_tf_export.module import SIGNATURES, InferenceModule
 from rssm_tf_export.parity import format_table, parity_report
+from rssm_tf_export.tf2onnx_batch import MARK
 
 from rssm_tf.atomic import atomic_path, write_atomic
 from rssm_tf.saving import load_world_model
@@ -88,26 +90,34 @@ def save_version(module: InferenceModule, model_dir: Path, version: int) -> Path
 
 def convert_onnx(saved_model: Path, onnx_dir: Path, signatures: tuple[str, ...] = ONNX_SIGNATURES,
                  workers: int = 2) -> list[Path]:
-    """Converts each signature with ``python -m tf2onnx.convert --saved-model ...
-    --signature_def NAME``, into a temporary file renamed to ``onnx_dir/NAME.onnx``."""
+    """Converts each signature as ``python -m tf2onnx.convert --saved-model ...
+    --signature_def NAME`` does, into a temporary file renamed to ``onnx_dir/NAME.onnx``
+    once every signature has converted. ``workers`` processes share the signatures
+    (:mod:`rssm_tf_export.tf2onnx_batch`: TensorFlow is imported once per process, not
+    once per signature)."""
     onnx_dir.mkdir(parents=True, exist_ok=True)
+    groups = [signatures[i::workers] for i in range(workers) if signatures[i::workers]]
 
-    def one(name: str) -> Path:
-        target = onnx_dir / f"{name}.onnx"
-        with atomic_path(target, suffix=".onnx") as tmp:
-            command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model",
-                       str(saved_model), "--signature_def", name, "--opset", str(OPSET),
-                       "--output", str(tmp)]
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-            proc = subprocess.run(command, capture_output=True, text=True, env=env,
-                                  timeout=1800)
-            if proc.returncode != 0:
-                raise ExportError(f"tf2onnx failed on signature {name}:\n"
-                                  f"{proc.stderr[-3000:]}")
-        return target
+    def run(group: tuple[str, ...], temps: list[Path]) -> None:
+        command = [sys.executable, "-m", "rssm_tf_export.tf2onnx_batch", str(saved_model),
+                   str(OPSET)] + [f"{name}={tmp}" for name, tmp in zip(group, temps)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run(command, capture_output=True, text=True, env=env,
+                              timeout=600 * len(group))
+        if proc.returncode != 0:
+            started = [line[len(MARK):] for line in proc.stderr.splitlines()
+                       if line.startswith(MARK)]
+            name = started[-1] if started else group[0]
+            raise ExportError(f"tf2onnx failed on signature {name}:\n{proc.stderr[-3000:]}")
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, signatures))
+    targets = [onnx_dir / f"{name}.onnx" for name in signatures]
+    with ExitStack() as stack:  # every temporary file is renamed, or none
+        temps = dict(zip(signatures, (stack.enter_context(atomic_path(t, suffix=".onnx"))
+                                      for t in targets)))
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            for done in [pool.submit(run, g, [temps[n] for n in g]) for g in groups]:
+                done.result()
+    return targets
 
 
 def convert_litert(saved_model: Path, litert_dir: Path,

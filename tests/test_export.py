@@ -236,6 +236,19 @@ def test_every_onnx_file_opens_in_onnx_runtime(exported):
         assert {"h", "z"} <= inputs and not inputs & outputs
 
 
+def test_onnx_conversion_names_the_failing_signature_and_writes_nothing(exported, tmp_path):
+    """Two signatures in one tf2onnx process: the second does not exist, so the error
+    names it and neither .onnx file (nor a temporary one) is left behind."""
+    from rssm_tf_export.exporter import convert_onnx
+
+    out, _ = exported
+    target = tmp_path / "onnx"
+    with pytest.raises(ExportError, match="tf2onnx failed on signature no_such_signature"):
+        convert_onnx(out / "saved_model" / "wm" / "1", target,
+                     ("predict", "no_such_signature"), workers=1)
+    assert list(target.iterdir()) == []
+
+
 def test_next_version_and_no_overwrite(model_path, tmp_path):
     for expected in (1, 2):
         manifest = export_model(model_path, tmp_path, name="wm", onnx=False, parity=False,
