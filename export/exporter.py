@@ -214,15 +214,18 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         files.update({str(p.relative_to(out)): _sha256(p) for p in paths})
 
     record([p for p in sorted(saved.rglob("*")) if p.is_file()])
-    onnx_dir = litert_dir = None
+    onnx_dir = out / "onnx" if onnx else None
+    litert_dir = out / "litert" if litert else None
     if onnx:
         log(f"export: converting {len(ONNX_SIGNATURES)} signatures to ONNX (opset {OPSET})")
-        onnx_dir = out / "onnx"
-        record(convert_onnx(saved, onnx_dir))
     if litert:
         log(f"export: converting {len(LITERT_SIGNATURES)} signatures to LiteRT")
-        litert_dir = out / "litert"
-        record(convert_litert(saved, litert_dir))
+    # at once: tf2onnx runs in worker processes, the LiteRT converter in this one
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(convert, saved, where) for convert, where in
+                ((convert_onnx, onnx_dir), (convert_litert, litert_dir)) if where]
+        for job in jobs:
+            record(job.result())
     manifest = {
         "format_version": MANIFEST_FORMAT,
         "name": name, "version": version, "saved_model": str(saved.relative_to(out)),

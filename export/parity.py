@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -125,16 +126,21 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
                                        "action_dim")}
     dims["obs_space"] = c.obs_shapes
     cases = make_cases(dims, batch, rollout, horizon, seed)
-    reference = run_all(_tf_call(module, "eager"), cases)
-    report: dict[str, Any] = {"tolerance": TOLERANCE, "reference": "eager",
-                              "batch": batch, "rollout_steps": rollout, "horizon": horizon,
-                              "cases": {name: case["signature"] for name, case in cases.items()},
-                              "backends": {}}
-    for mode in ("function", "xla"):
-        report["backends"][mode] = compare(reference, run_all(_tf_call(module, mode), cases))
-    if saved_model_dir is not None:
-        for row, loader in (("savedmodel", "tf2"), ("savedmodel_session", "session")):
-            outputs, facts = savedmodel_in_fresh_process(saved_model_dir, cases, loader)
+    loaders = (("savedmodel", "tf2"), ("savedmodel_session", "session"))
+    with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
+        # the fresh processes start first and run while this one computes
+        fresh = {row: pool.submit(savedmodel_in_fresh_process, saved_model_dir, cases, loader)
+                 for row, loader in loaders} if saved_model_dir is not None else {}
+        reference = run_all(_tf_call(module, "eager"), cases)
+        report: dict[str, Any] = {"tolerance": TOLERANCE, "reference": "eager",
+                                  "batch": batch, "rollout_steps": rollout, "horizon": horizon,
+                                  "cases": {name: case["signature"]
+                                            for name, case in cases.items()},
+                                  "backends": {}}
+        for mode in ("function", "xla"):
+            report["backends"][mode] = compare(reference, run_all(_tf_call(module, mode), cases))
+        for row, job in fresh.items():
+            outputs, facts = job.result()
             result = compare(reference, outputs)
             result.update(facts)
             result["passed"] = result["passed"] and not facts["imported_rssm_tf"]
