@@ -9,6 +9,11 @@ gRPC protocols against the stand-in server (``serving/standin.py``; point ``--re
 
     python benchmarks/serving_latency.py [--export DIR] [--iters 200] [--json out.json]
     python benchmarks/serving_latency.py --plan-only --export out/plan/Pendulum-v1/export
+    python benchmarks/serving_latency.py --imagine-only [--export DIR]
+
+``--imagine-only``: ``imagine`` of 1024 starts x 15 steps (the ``imagine_noise``
+signature: states, reward and continue) on ONNX Runtime, the SavedModel in-process and
+the Keras model under XLA, one call each time.
 
 Without ``--export`` it exports a fresh seed-configuration model (obs 64, action 11)
 to a temporary directory first. All numbers are from one run on one machine.
@@ -90,6 +95,44 @@ def measure_plan(client, iters: int, warmup: int) -> dict[str, float]:
                        iters, warmup)
 
 
+IMAGINE = dict(starts=1024, horizon=15)
+
+
+def imagine_inputs(action_dim: int, groups: int, classes: int) -> tuple:
+    rng = np.random.default_rng(0)
+    b, t = IMAGINE["starts"], IMAGINE["horizon"]
+    return (rng.uniform(-1, 1, (b, t, action_dim)).astype(np.float32),
+            rng.uniform(0.01, 0.99, (b, t, groups, classes)).astype(np.float32))
+
+
+def measure_imagine(client, iters: int, warmup: int) -> dict[str, float]:
+    """One ``imagine_noise`` call of 1024 starts x 15 steps through the client."""
+    actions, noise = imagine_inputs(client.action_dim, client.groups, client.classes)
+    client.reset(IMAGINE["starts"])
+    return percentiles(lambda: client.imagine(actions, noise=noise), iters, warmup)
+
+
+def measure_keras_imagine(config: dict, iters: int, warmup: int) -> dict[str, float]:
+    """What the ``imagine_noise`` signature computes (states, then both heads), as one
+    XLA-compiled function of a Keras model of the export's sizes."""
+    import tensorflow as tf
+
+    from rssm_tf import RssmConfig, RssmState, WorldModel
+
+    rssm = WorldModel(RssmConfig.from_dict(config)).rssm
+    c = rssm.config
+    actions, noise = imagine_inputs(c.action_dim, c.n_categories, c.n_classes)
+    start = rssm.initial_state(IMAGINE["starts"])
+
+    @tf.function(jit_compile=True)
+    def imagine(actions, noise):
+        states, _ = rssm.imagine(RssmState(*start), actions, noise=noise)
+        return states, rssm.predict(states.h, states.z)
+
+    return percentiles(lambda: tf.nest.map_structure(lambda x: x.numpy(),
+                                                     imagine(actions, noise)), iters, warmup)
+
+
 def measure_keras_plan(config: dict, iters: int, warmup: int) -> dict[str, float]:
     """The Keras ``Planner`` (one XLA call per plan) on a model of the export's sizes."""
     from rssm_tf import RssmConfig, WorldModel
@@ -108,6 +151,8 @@ def main() -> int:
     parser.add_argument("--rest-url", default=None, help="a real TF Serving REST URL")
     parser.add_argument("--grpc-target", default=None, help="a real TF Serving gRPC target")
     parser.add_argument("--json", default="serving_latency.json")
+    parser.add_argument("--imagine-only", action="store_true",
+                        help="only imagine 1024 x 15 (ONNX Runtime, SavedModel, Keras XLA)")
     parser.add_argument("--plan-only", action="store_true",
                         help="only the planning step (ONNX Runtime, SavedModel, Keras XLA)")
     args = parser.parse_args()
@@ -119,6 +164,18 @@ def main() -> int:
     export_dir = Path(args.export) if args.export else export_seed_model(Path(tmp.name))
     manifest = json.loads((export_dir / "manifest.json").read_text())
     plan_iters, plan_warmup = max(10, args.iters // 10), max(2, args.warmup // 10)
+    if args.imagine_only:
+        iters, warmup = max(5, args.iters // 20), max(2, args.warmup // 10)
+        imagine = {name: measure_imagine(WorldModelClient.from_export(export_dir, name),
+                                         iters, warmup) for name in ("onnx", "savedmodel")}
+        imagine["keras_xla"] = measure_keras_imagine(manifest["config"], iters, warmup)
+        for name, r in imagine.items():
+            print(f"imagine 1024 x 15 {name:<11} p50 {r['p50_ms']:.1f} ms, p99 "
+                  f"{r['p99_ms']:.1f} ms")
+        Path(args.json).write_text(json.dumps({"config": manifest["config"],
+                                               "imagine": IMAGINE, "results": imagine},
+                                              indent=2))
+        return 0
     if args.plan_only:
         plans = {name: measure_plan(WorldModelClient.from_export(export_dir, name),
                                     plan_iters, plan_warmup)
