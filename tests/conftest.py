@@ -15,6 +15,22 @@ EXPORT_CONFIG = RssmConfig(obs_dim=4, action_dim=2, deterministic_size=32, n_cat
                            n_classes=4, hidden_size=16, n_blocks=4)
 
 
+# The session-scoped models each export once per worker process that uses them: the tests
+# that use one run together in one worker (pytest-xdist's --dist loadgroup).
+SHARED = {"model_path": "export", "exported": "export", "multi_export": "multi_export"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = {SHARED[name] for name in getattr(item, "fixturenames", ()) if name in SHARED}
+        if len(groups) > 1:
+            raise pytest.UsageError(f"{item.nodeid} uses the models of {sorted(groups)}: "
+                                    "they would be exported in two workers")
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups.pop()))
+
+
 @pytest.fixture
 def small_config() -> RssmConfig:
     """A block-GRU configuration small enough for fast tests."""
