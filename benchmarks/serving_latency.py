@@ -117,7 +117,7 @@ def measure_keras_imagine(config: dict, iters: int, warmup: int) -> dict[str, fl
     XLA-compiled function of a Keras model of the export's sizes."""
     import tensorflow as tf
 
-    from rssm_tf import RssmConfig, RssmState, WorldModel
+    from rssm_tf import RssmConfig, WorldModel
 
     rssm = WorldModel(RssmConfig.from_dict(config)).rssm
     c = rssm.config
@@ -126,7 +126,7 @@ def measure_keras_imagine(config: dict, iters: int, warmup: int) -> dict[str, fl
 
     @tf.function(jit_compile=True)
     def imagine(actions, noise):
-        states, _ = rssm.imagine(RssmState(*start), actions, noise=noise)
+        states, _ = rssm.imagine(start, actions, noise=noise)
         return states, rssm.predict(states.h, states.z)
 
     return percentiles(lambda: tf.nest.map_structure(lambda x: x.numpy(),
@@ -164,28 +164,22 @@ def main() -> int:
     export_dir = Path(args.export) if args.export else export_seed_model(Path(tmp.name))
     manifest = json.loads((export_dir / "manifest.json").read_text())
     plan_iters, plan_warmup = max(10, args.iters // 10), max(2, args.warmup // 10)
-    if args.imagine_only:
-        iters, warmup = max(5, args.iters // 20), max(2, args.warmup // 10)
-        imagine = {name: measure_imagine(WorldModelClient.from_export(export_dir, name),
-                                         iters, warmup) for name in ("onnx", "savedmodel")}
-        imagine["keras_xla"] = measure_keras_imagine(manifest["config"], iters, warmup)
-        for name, r in imagine.items():
-            print(f"imagine 1024 x 15 {name:<11} p50 {r['p50_ms']:.1f} ms, p99 "
-                  f"{r['p99_ms']:.1f} ms")
-        Path(args.json).write_text(json.dumps({"config": manifest["config"],
-                                               "imagine": IMAGINE, "results": imagine},
-                                              indent=2))
-        return 0
-    if args.plan_only:
-        plans = {name: measure_plan(WorldModelClient.from_export(export_dir, name),
-                                    plan_iters, plan_warmup)
-                 for name in ("onnx", "savedmodel")}
-        plans["keras_xla"] = measure_keras_plan(manifest["config"], plan_iters, plan_warmup)
-        for name, r in plans.items():
-            print(f"plan N500 H12 I4 {name:<11} p50 {r['p50_ms']:.1f} ms, p99 "
-                  f"{r['p99_ms']:.1f} ms")
-        Path(args.json).write_text(json.dumps({"config": manifest["config"], "plan": PLAN,
-                                               "results": plans}, indent=2))
+    if args.imagine_only or args.plan_only:
+        if args.imagine_only:
+            label, settings = "imagine 1024 x 15", {"imagine": IMAGINE}
+            measure_one, measure_keras = measure_imagine, measure_keras_imagine
+            iters, warmup = max(5, args.iters // 20), max(2, args.warmup // 10)
+        else:
+            label, settings = "plan N500 H12 I4", {"plan": PLAN}
+            measure_one, measure_keras = measure_plan, measure_keras_plan
+            iters, warmup = plan_iters, plan_warmup
+        results = {name: measure_one(WorldModelClient.from_export(export_dir, name),
+                                     iters, warmup) for name in ("onnx", "savedmodel")}
+        results["keras_xla"] = measure_keras(manifest["config"], iters, warmup)
+        for name, r in results.items():
+            print(f"{label} {name:<11} p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
+        Path(args.json).write_text(json.dumps({"config": manifest["config"], **settings,
+                                               "results": results}, indent=2))
         return 0
     server = None
     if not (args.rest_url and args.grpc_target):
