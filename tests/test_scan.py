@@ -30,11 +30,14 @@ def gradients(rssm, manual, sampled, compiled, seed=0):
     return (tf.function(run, jit_compile=True) if compiled else run)()
 
 
-@pytest.mark.parametrize("blocks", [4, 0])
+@pytest.mark.parametrize("blocks,norm,unimix", [(4, "rms", 0.01), (0, "rms", 0.01),
+                                                (4, "layer", 0.01), (0, "layer", 0.0)])
 @pytest.mark.parametrize("sampled", [True, False])
-def test_manual_backward_equals_autodiff(blocks, sampled):
+def test_manual_backward_equals_autodiff(blocks, norm, unimix, sampled):
+    """Block and dense GRU, both norms, with and without the uniform mix."""
     config = RssmConfig(5, 3, deterministic_size=16, n_categories=4, n_classes=3,
-                        hidden_size=8, n_blocks=blocks, posterior_layers=2)
+                        hidden_size=8, n_blocks=blocks, posterior_layers=2, norm=norm,
+                        unimix=unimix)
     rssm = Rssm(config, seed=0)
     loss_a, auto = gradients(rssm, False, sampled, False)
     loss_m, manual = gradients(rssm, True, sampled, False)
