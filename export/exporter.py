@@ -80,7 +80,11 @@ def save_version(module: InferenceModule, model_dir: Path, version: int) -> Path
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
     try:
-        tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        # An exported model serves: its custom gradients (the image norms' backward is
+        # XLA-compiled, which TF Serving does not run by default) are left out.
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures(),
+                            options=tf.saved_model.SaveOptions(
+                                experimental_custom_gradients=False))
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

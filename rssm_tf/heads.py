@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from rssm_tf.config import RssmConfig
-from rssm_tf.layers import Mlp, make_norm
+from rssm_tf.layers import Mlp, make_norm, norm_silu
 from rssm_tf.math import symlog
 
 
@@ -79,7 +79,7 @@ class ImageEncoder(keras.layers.Layer):
     def call(self, image: tf.Tensor) -> tf.Tensor:
         x, lead = _merge_lead(image_to_float(image, self.compute_dtype), 3)
         for conv, norm in zip(self.convs, self.norms):
-            x = tf.cast(tf.nn.silu(norm(tf.cast(conv(x), "float32"))), self.compute_dtype)
+            x = tf.cast(norm_silu(norm, tf.cast(conv(x), "float32")), self.compute_dtype)
         return tf.reshape(x, tf.concat([lead, [-1]], 0))
 
     def get_config(self) -> dict[str, Any]:
@@ -131,7 +131,7 @@ class ImageDecoder(keras.layers.Layer):
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i < len(self.norms):
-                x = tf.cast(tf.nn.silu(self.norms[i](tf.cast(x, "float32"))),
+                x = tf.cast(norm_silu(self.norms[i], tf.cast(x, "float32")),
                             self.compute_dtype)
         return tf.reshape(tf.cast(x, "float32"),
                           tf.concat([lead, self.image_shape], 0))

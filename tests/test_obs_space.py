@@ -369,6 +369,26 @@ def test_export_inputs_are_named_after_the_keys(multi_export):
     assert "inputs['joints'] tensor_info:\n      dtype: DT_FLOAT" in shown
 
 
+def test_exported_graph_has_no_xla_compiled_function(multi_export):
+    """The image norms' backward is an XLA-compiled function (layers.norm_silu);
+    TensorFlow Serving runs such functions only behind an experimental flag, so nothing
+    in the exported SavedModel may carry ``_XlaMustCompile``."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    out, _ = multi_export
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((out / "saved_model" / "multi" / "1" / "saved_model.pb")
+                          .read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    functions = graph.library.function
+    assert len(functions) > 10  # the signatures' functions are there to be checked
+    flagged = [f.signature.name for f in functions if f.attr["_XlaMustCompile"].b]
+    flagged += [f"{f.signature.name}/{n.name}" for f in functions for n in f.node_def
+                if n.attr["_XlaMustCompile"].b]
+    flagged += [n.name for n in graph.node if n.attr["_XlaMustCompile"].b]
+    assert flagged == []
+
+
 def test_client_takes_the_dict_and_decodes_per_key(multi_export):
     """Every backend of the client observes the same dict steps to the same state, and
     ``decode`` gives each key as the Keras model decodes it."""
