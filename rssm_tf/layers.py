@@ -84,7 +84,7 @@ def norm_silu(norm: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
     stays free of XLA-compiled functions, which TensorFlow Serving does not run by
     default. For the image encoder and decoder: outside XLA (their default on
     CPUs) autodiff of this pair is about a dozen separate passes over activations of
-    up to [B*T, 32, 32, 32]; fused, the image update takes ~0.93x the time
+    up to [B*T, 32, 32, 32]; fused, the image update takes ~0.9x the time
     (README, Benchmarks)."""
     rms = isinstance(norm, keras.layers.RMSNormalization)
     scale = tf.convert_to_tensor(norm.scale if rms else norm.gamma)
