@@ -139,7 +139,7 @@ def test_norm_silu_gradient_equals_autodiff(rng, kind, compiled):
         return tf.function(value_and_grads, jit_compile=compiled)()
 
     expected, got = run(False), run(True)
-    assert len(got) == 4 if kind == "layer" else 3
+    assert len(got) == (4 if kind == "layer" else 3)
     for name, e, g in zip(["y", "dx", "dscale", "doffset"], expected, got):
         assert float(tf.reduce_max(tf.abs(g))) > 1e-3, name  # a real, non-zero gradient
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=2e-6, err_msg=name)
