@@ -104,7 +104,7 @@ def norm_silu(norm: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
                                                   dy, norm.epsilon)
             return (dx, dscale) + ((doffset,) if offset else ())
 
-        return tf.nn.silu(tf.cast(y, "float32")), grad
+        return tf.nn.silu(y), grad
 
     return fused(x, scale, *(() if offset is None else (offset,)))
 
