@@ -7,7 +7,7 @@ Batches are dicts of windows (see :mod:`rssm_tf.data`)::
 with one entry per observation key of the model (``RssmConfig.obs_shapes``: a vector
 key float [B, T, O_k], an image key uint8 [B, T, H, W, C_k]); other keys are ignored.
 
-Loss per step (SPEC section 5), averaged over B and T::
+Loss per step (docs/design.md section 5), averaged over B and T::
 
     rec * sum_k rec_k + rew * twohot(reward)
         + con * bce(continue_logit, 1 - is_terminal) + kl_balanced_loss
@@ -176,6 +176,18 @@ class WorldModel(keras.Model):
             yield
         finally:
             self._building_step = False
+
+    def fit(self, x: Any = None, y: Any = None, *args: Any, shuffle: bool | None = None,
+            **kwargs: Any) -> keras.callbacks.History:
+        """Keras' ``fit``, with ``shuffle`` defaulting to False for a ``tf.data.Dataset``.
+
+        ``make_dataset`` and ``Replay.dataset`` shuffle their windows themselves, and
+        Keras ignores ``shuffle`` for a dataset (plain or distributed), warning on every
+        call when it is True (its default). Other inputs keep Keras' default (True).
+        """
+        if shuffle is None:
+            shuffle = not isinstance(x, (tf.data.Dataset, tf.distribute.DistributedDataset))
+        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
 
     def make_train_function(self, force: bool = False) -> Any:
         with self._whole_step():

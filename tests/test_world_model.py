@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rssm_tf import RssmConfig
+from rssm_tf import RssmConfig, make_dataset
 from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard, NonFiniteMetricError
 from rssm_tf.saving import ModelFileError, load_world_model, save_world_model
 from rssm_tf.world_model import METRIC_NAMES, WorldModel, evaluate_open_loop
@@ -316,3 +316,25 @@ def test_multi_worker_mirrored_strategy_on_loopback(tmp_path):
     assert np.isfinite(w0["loss"]) and w0["weights"] == w1["weights"]
     np.testing.assert_allclose(w0["loss"], one["loss"], rtol=1e-4)
     np.testing.assert_allclose(w0["weights"], one["weights"], rtol=1e-4)
+
+
+def test_fit_on_a_dataset_does_not_warn_about_shuffle(small_config, rng):
+    """Keras warns on every fit of a tf.data.Dataset while shuffle=True, its default;
+    the windows come shuffled, so WorldModel.fit defaults shuffle to False for one. An
+    explicit shuffle=True still reaches Keras (and its warning)."""
+    import warnings
+
+    episodes = [{"obs": rng.normal(size=(12, 5)).astype("f"),
+                 "action": rng.normal(size=(12, 3)).astype("f"),
+                 "reward": np.ones(12, "f"), "is_first": np.eye(1, 12, dtype="f")[0],
+                 "is_terminal": np.zeros(12, "f")} for _ in range(2)]
+    model = WorldModel(small_config)
+    model.compile()
+    data = make_dataset(episodes, batch_size=2, seq_len=4, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(data, steps_per_epoch=1, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]
+    assert np.isfinite(history.history["loss"][0])
+    with pytest.warns(UserWarning, match="`shuffle=True` was passed"):
+        model.fit(data, steps_per_epoch=1, verbose=0, shuffle=True)
