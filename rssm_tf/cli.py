@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive, nargs="+", default=None, metavar="N",
                    help="also record rendered frames as 'image', resized to N x N "
                         "(or H W), e.g. --image-size 64 for pixel CartPole")
+    p.add_argument("--image-crop", type=int, nargs=4, default=None,
+                   metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                   help="crop rendered frames to rows TOP:BOTTOM and columns LEFT:RIGHT "
+                        "before resizing, e.g. --image-crop 140 332 156 444 for CartPole")
     p.add_argument("--vector-keys", nargs="+", default=None, metavar="KEY=I[,J...]",
                    help="store named parts of a vector observation instead of 'obs', "
                         "picked by index, e.g. --vector-keys velocity=1,3 angle=2")
@@ -136,7 +140,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
     paths = collect(args.env, args.episodes, args.out, seed=args.seed,
                     max_steps=args.max_steps, progress=True,
                     image_size=None if size is None else tuple(size * (3 - len(size))),
-                    vector_keys=parse_vector_keys(args.vector_keys))
+                    vector_keys=parse_vector_keys(args.vector_keys),
+                    image_crop=None if args.image_crop is None else tuple(args.image_crop))
     print(f"wrote {len(paths)} episodes to {args.out}")
 
 

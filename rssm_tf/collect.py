@@ -9,7 +9,10 @@ Needs the ``examples`` extra (``gymnasium``). Observations become episode keys:
   every other ``Box`` flattened);
 - ``image_size=(H, W)`` also records the rendered frame of every step
   (``render_mode="rgb_array"``) as ``image``, so a vector environment such as
-  CartPole becomes a pixel one offline. Images are resized with area averaging.
+  CartPole becomes a pixel one offline. Images are resized with area averaging, after
+  ``image_crop=(top, bottom, left, right)`` (pixel bounds, ``frame[top:bottom,
+  left:right]``) when given: a camera pointed at where things happen, so that a small
+  frame still resolves them.
 
 ``Box`` actions are stored as they are, ``Discrete`` ones one-hot.
 """
@@ -53,6 +56,31 @@ def resize_image(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
 
 
+def _check_crop(image_crop: Any) -> tuple[int, int, int, int] | None:
+    if image_crop is None:
+        return None
+    values = tuple(image_crop) if isinstance(image_crop, (tuple, list)) else ()
+    if (len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+                                for v in values)
+            or not (values[0] < values[1] and values[2] < values[3])):
+        raise ValueError(f"image_crop must be (top, bottom, left, right) pixel bounds, "
+                         f"integers >= 0 with top < bottom and left < right; got "
+                         f"{image_crop!r}")
+    return values
+
+
+def crop_image(frame: np.ndarray, crop: tuple[int, int, int, int] | None) -> np.ndarray:
+    """``frame[top:bottom, left:right]``; refuses bounds outside the frame."""
+    if crop is None:
+        return frame
+    top, bottom, left, right = crop
+    if bottom > frame.shape[0] or right > frame.shape[1]:
+        raise ValueError(f"image_crop {crop} reaches outside the frame of shape "
+                         f"{tuple(frame.shape)} (bottom <= {frame.shape[0]}, right <= "
+                         f"{frame.shape[1]})")
+    return frame[top:bottom, left:right]
+
+
 def _check_size(image_size: Any) -> tuple[int, int] | None:
     if image_size is None:
         return None
@@ -66,7 +94,7 @@ def _check_size(image_size: Any) -> tuple[int, int] | None:
 
 
 class EpisodeRecorder:
-    """Builds one episode in the episode format, step by step (SPEC section 4)."""
+    """Builds one episode in the episode format, step by step (docs/design.md section 7)."""
 
     def __init__(self, first_obs: dict[str, np.ndarray], action_dim: int) -> None:
         self.steps: dict[str, list] = {k: [v] for k, v in first_obs.items()}
@@ -115,7 +143,7 @@ def _check_vector_keys(vector_keys: Any, size: int) -> dict[str, list[int]] | No
 
 
 def make_env(env_id: str, image_size: Any = None,
-             vector_keys: dict[str, Any] | None = None
+             vector_keys: dict[str, Any] | None = None, image_crop: Any = None
              ) -> tuple[Any, Callable[[Any], dict]]:
     """``(env, observe)``: the gymnasium environment (rendering frames when
     ``image_size`` is set) and ``observe(obs) -> {key: array}`` in the episode format
@@ -124,6 +152,12 @@ def make_env(env_id: str, image_size: Any = None,
     from gymnasium import spaces
 
     size = _check_size(image_size)
+    crop = _check_crop(image_crop)
+    if size:
+        # Frames are drawn offscreen; without a display SDL (pygame, which gymnasium's
+        # classic-control renderers use) would print "XDG_RUNTIME_DIR is invalid" while
+        # probing for one. The dummy driver gives the same frames.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     try:
         env = gym.make(env_id, **({"render_mode": "rgb_array"} if size else {}))
     except Exception as error:  # gymnasium raises several error types here
@@ -148,18 +182,21 @@ def make_env(env_id: str, image_size: Any = None,
         env.close()
         raise
 
+    def frame(image: np.ndarray) -> np.ndarray:
+        return resize_image(crop_image(np.asarray(image), crop), size)
+
     def observe(obs: Any) -> dict[str, np.ndarray]:
         if parts is not None:
-            out = {k: resize_image(obs[k], size) if _is_image(parts[k])
+            out = {k: frame(obs[k]) if _is_image(parts[k])
                    else np.asarray(obs[k], np.float32).ravel() for k in parts}
         elif pixels:
-            return {IMAGE_KEY: resize_image(obs, size)}
+            return {IMAGE_KEY: frame(obs)}
         else:
             flat = np.asarray(obs, np.float32).ravel()
             out = {VECTOR_KEY: flat} if split is None else \
                 {k: flat[i] for k, i in split.items()}
         if size:
-            out[IMAGE_KEY] = resize_image(env.render(), size)
+            out[IMAGE_KEY] = frame(env.render())
         return out
 
     return env, observe
@@ -169,21 +206,22 @@ def collect(env_id: str, episodes: int, directory: str | os.PathLike,
             policy: Callable[[np.ndarray], Any] | None = None, seed: int = 0,
             max_steps: int | None = None, prefix: str = "episode",
             progress: bool = False, image_size: tuple[int, int] | int | None = None,
-            compress: bool = False, vector_keys: dict[str, Any] | None = None
-            ) -> list[Path]:
+            compress: bool = False, vector_keys: dict[str, Any] | None = None,
+            image_crop: tuple[int, int, int, int] | None = None) -> list[Path]:
     """Runs ``episodes`` episodes of ``env_id`` and saves each one atomically.
 
     ``policy(obs) -> action`` in the environment's own action format; the default
     samples the action space uniformly (seeded by ``seed``). ``max_steps`` cuts an
     episode (a time limit: not terminal). ``image_size`` (H, W) records rendered
-    frames as ``image`` (and resizes image observations); ``vector_keys`` stores named
+    frames as ``image`` (and resizes image observations), cropped first to
+    ``image_crop`` (top, bottom, left, right) when given; ``vector_keys`` stores named
     parts of a vector observation (``{"velocity": [1]}``); ``compress`` writes
     compressed files (see :func:`rssm_tf.data.save_episode`). Returns the written paths.
     """
     check_positive_int("episodes", episodes)
     if max_steps is not None:
         check_positive_int("max_steps", max_steps)
-    env, observe = make_env(env_id, image_size, vector_keys)
+    env, observe = make_env(env_id, image_size, vector_keys, image_crop)
     action_dim, encode = _action_codec(env.action_space)
     env.action_space.seed(seed)
     paths = []

@@ -73,6 +73,56 @@ def test_collect_renders_frames_for_pixel_cartpole(tmp_path):
         collect("CartPole-v1", 1, tmp_path / "bad", image_size=(32, 0))
 
 
+def test_collect_crops_the_rendered_frame_before_resizing(tmp_path):
+    import gymnasium as gym
+
+    from rssm_tf.collect import crop_image, resize_image
+
+    crop = (140, 332, 156, 444)
+    ep = load_episode(collect("CartPole-v1", 1, tmp_path / "crop", seed=5,
+                              image_size=(32, 48), image_crop=crop)[0])
+    env = gym.make("CartPole-v1", render_mode="rgb_array")
+    env.reset(seed=5)
+    frame = env.render()
+    env.close()
+    assert frame.shape == (400, 600, 3)
+    # the first frame is the render's rows 140:332 and columns 156:444, each output
+    # pixel the mean of a 6x6 block (area resize by an integer factor)
+    blocks = frame[140:332, 156:444].astype(float).reshape(32, 6, 48, 6, 3).mean((1, 3))
+    np.testing.assert_array_equal(ep["image"][0], np.clip(np.round(blocks), 0, 255))
+    np.testing.assert_array_equal(
+        resize_image(crop_image(frame, crop), (32, 48)), ep["image"][0])
+    # the pole stands inside the crop: dark pixels in the frame's upper half
+    assert ep["image"][0][:16].min() < 200
+
+
+@pytest.mark.parametrize("crop, words", [
+    ((0, 10, 5), "image_crop must be"), ((10, 5, 0, 10), "image_crop must be"),
+    ((0, 10, 0, -1), "image_crop must be"), ("top", "image_crop must be"),
+    ((0, 401, 0, 10), r"reaches outside the frame of shape \(400, 600, 3\)"),
+])
+def test_bad_crops_are_named_before_anything_is_written(tmp_path, crop, words):
+    with pytest.raises(ValueError, match=words):
+        collect("CartPole-v1", 1, tmp_path, image_size=(32, 48), image_crop=crop)
+    assert len(EpisodeStore(tmp_path)) == 0
+
+
+def test_rendering_selects_sdl_dummy_video_unless_set(tmp_path, monkeypatch):
+    # without a display SDL would print "XDG_RUNTIME_DIR is invalid" while probing
+    import os
+
+    monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
+    collect("CartPole-v1", 1, tmp_path / "a", max_steps=2)
+    assert "SDL_VIDEODRIVER" not in os.environ          # no frames, nothing set
+    collect("CartPole-v1", 1, tmp_path / "b", max_steps=2, image_size=16)
+    assert os.environ["SDL_VIDEODRIVER"] == "dummy"
+    monkeypatch.setenv("SDL_VIDEODRIVER", "x11")
+    from rssm_tf.collect import make_env
+
+    make_env("CartPole-v1", image_size=16)[0].close()
+    assert os.environ["SDL_VIDEODRIVER"] == "x11"       # the user's choice is kept
+
+
 def test_cli_trains_and_evaluates_a_pixel_model(tmp_path, capsys):
     data, model = tmp_path / "pix", tmp_path / "run" / "m.keras"
     assert main(["collect", "--env", "CartPole-v1", "--episodes", "2", "--out", str(data),
