@@ -31,6 +31,7 @@ import tensorflow as tf
 from rssm_tf_export.module import SIGNATURES, InferenceModule
 from rssm_tf_export.parity import format_table, parity_report
 from rssm_tf_export.tf2onnx_batch import MARK
+from rssm_tf_serving.backends import expected_load_notes_dropped, load_saved_model
 
 from rssm_tf.atomic import atomic_path, write_atomic
 from rssm_tf.saving import load_world_model
@@ -134,9 +135,10 @@ def convert_litert(saved_model: Path, litert_dir: Path,
     written = []
     for name in signatures:
         try:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
-                                                                 signature_keys=[name])
-            data = converter.convert()
+            with expected_load_notes_dropped():  # the converter loads the SavedModel
+                converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
+                                                                     signature_keys=[name])
+                data = converter.convert()
         except Exception as error:  # the converter raises ConverterError and others
             raise ExportError(f"LiteRT conversion failed on signature {name}: "
                               f"{str(error)[-3000:]}") from None
@@ -163,7 +165,7 @@ def _version_of(package: str) -> str | None:
 
 def describe_signatures(saved_model: Path) -> dict[str, Any]:
     """Input and output names, shapes and dtypes of each signature, as loaded."""
-    loaded = tf.saved_model.load(str(saved_model))
+    loaded = load_saved_model(saved_model)
     out = {}
     for name, fn in sorted(loaded.signatures.items()):
         inputs = fn.structured_input_signature[1]
@@ -178,7 +180,7 @@ def describe_signatures(saved_model: Path) -> dict[str, Any]:
 
 def float32_copy(model: WorldModel) -> WorldModel:
     """``model`` itself when it computes in float32, else a float32 twin with the same
-    weights. The serving contract is float32 (SPEC section 6), a mixed-precision
+    weights. The serving contract is float32 (docs/design.md section 6), a mixed-precision
     model's variables are float32 already, and tf2onnx cannot convert bfloat16
     arithmetic; so a model trained under ``mixed_bfloat16``/``mixed_float16`` is served
     at full precision (``manifest.json`` records the training policy)."""

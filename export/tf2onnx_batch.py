@@ -22,14 +22,16 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     saved_model, opset, *jobs = argv
+    from rssm_tf_serving.backends import expected_load_notes_dropped
     from tf2onnx import convert
 
-    for job in jobs:
-        name, output = job.split("=", 1)
-        print(MARK + name, file=sys.stderr, flush=True)
-        sys.argv = ["tf2onnx.convert", "--saved-model", saved_model, "--signature_def", name,
-                    "--opset", opset, "--output", output]
-        convert.main()
+    with expected_load_notes_dropped():  # tf2onnx loads the SavedModel once per job
+        for job in jobs:
+            name, output = job.split("=", 1)
+            print(MARK + name, file=sys.stderr, flush=True)
+            sys.argv = ["tf2onnx.convert", "--saved-model", saved_model, "--signature_def",
+                        name, "--opset", opset, "--output", output]
+            convert.main()
     return 0
 
 

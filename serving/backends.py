@@ -14,9 +14,12 @@ Nothing here imports ``rssm_tf``: the exported files are all a backend needs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +36,42 @@ class Backend(Protocol):
 
     def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ...
+
+
+class _DropUnsavedGradientNotes(logging.Filter):
+    """The export leaves the model's custom gradients out on purpose (a served model
+    runs forward only), so TensorFlow's note on loading each function that held one,
+    "Importing a function ... with ops with unsaved custom gradients", is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "with ops with unsaved custom gradients" not in record.getMessage()
+
+
+# TensorFlow's SavedModel loader logs through absl (logger "absl"), the rest of its
+# Python code through the "tensorflow" logger.
+_LOADER_LOGGERS = ("absl", "tensorflow")
+
+
+@contextlib.contextmanager
+def expected_load_notes_dropped() -> Iterator[None]:
+    """Within: the unsaved-gradient notes of loading an export are dropped (only
+    those; every other log record passes)."""
+    note = _DropUnsavedGradientNotes()
+    for name in _LOADER_LOGGERS:
+        logging.getLogger(name).addFilter(note)
+    try:
+        yield
+    finally:
+        for name in _LOADER_LOGGERS:
+            logging.getLogger(name).removeFilter(note)
+
+
+def load_saved_model(path: str | os.PathLike) -> Any:
+    """``tf.saved_model.load(path)`` without the expected unsaved-gradient notes."""
+    import tensorflow as tf
+
+    with expected_load_notes_dropped():
+        return tf.saved_model.load(str(path))
 
 
 def latest_version(base: Path) -> Path:
@@ -122,7 +161,7 @@ class SavedModelBackend:
         self._tf = tf
         self.path = latest_version(Path(path))
         try:
-            self.model = tf.saved_model.load(str(self.path))
+            self.model = load_saved_model(self.path)
         except Exception as error:  # TF raises several types for a bad directory
             raise ServingError(f"{self.path}: not a loadable SavedModel: {error}") from None
         self.signatures = self.model.signatures

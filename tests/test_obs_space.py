@@ -389,6 +389,43 @@ def test_exported_graph_has_no_xla_compiled_function(multi_export):
     assert flagged == []
 
 
+def test_loading_the_export_drops_only_the_expected_unsaved_gradient_notes(multi_export):
+    """The export leaves the image norms' custom gradients out, so TensorFlow notes
+    "with ops with unsaved custom gradients" for each function that held one when the
+    SavedModel is loaded; the serving loader drops exactly those notes."""
+    import logging
+
+    from rssm_tf_serving.backends import SavedModelBackend, load_saved_model
+
+    out, _ = multi_export
+    path = out / "saved_model" / "multi" / "1"
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    log = logging.getLogger("absl")  # TensorFlow's SavedModel loader logs through absl
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        tf.saved_model.load(str(path))
+        plain = [m for m in keep.messages if "unsaved custom gradients" in m]
+        keep.messages.clear()
+        loaded = load_saved_model(path)
+        backend = SavedModelBackend(path)
+        log.warning("a note that is not about gradients")
+    finally:
+        log.removeHandler(keep)
+    assert plain, "TensorFlow no longer notes unsaved custom gradients: drop the filter"
+    assert keep.messages == ["a note that is not about gradients"]
+    assert set(loaded.signatures) == set(backend.signatures) and "obs_step" in loaded.signatures
+    assert log.filters == [] and logging.getLogger("tensorflow").filters == []
+
+
 def test_client_takes_the_dict_and_decodes_per_key(multi_export):
     """Every backend of the client observes the same dict steps to the same state, and
     ``decode`` gives each key as the Keras model decodes it."""
