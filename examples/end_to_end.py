@@ -1,15 +1,15 @@
 """End to end on real gymnasium environments: collect, fit, imagine, evaluate, export.
 
 For each run (CartPole-v1 and Pendulum-v1 from their state vectors, and pixel
-CartPole: CartPole-v1 from two observation keys, ``image`` 64x64 RGB frames rendered
-offline and ``velocity`` the cart's velocity, the one part of the state a single frame
-cannot show):
+CartPole: CartPole-v1 from two observation keys, ``image`` RGB frames rendered offline
+and ``velocity`` the cart's velocity and the pole's angular velocity, the parts of the
+state a single frame cannot show):
 
 1. collect random-policy episodes for training and held-out evaluation
    (``OUT/<run>/data/train``, ``OUT/<run>/data/test``);
-2. fit a ``WorldModel`` with ``model.fit`` (TensorBoard logs in ``OUT/<run>/logs``,
+2. fit a ``WorldModel`` with one ``model.fit`` (TensorBoard logs in ``OUT/<run>/logs``,
    an imagination picture per epoch, for pixels also the real and imagined frames side
-   by side, ``imagination_frames_epoch3.png``; an atomic checkpoint
+   by side, ``imagination_frames_epoch<N>.png``; an atomic checkpoint
    ``OUT/<run>/model.keras``);
 3. evaluate open-loop prediction on the held-out episodes against a mean predictor
    (per dimension, or the per-pixel mean frame) (``OUT/<run>/open_loop.json``);
@@ -18,58 +18,76 @@ cannot show):
    report (Keras eager against tf.function, XLA, the SavedModel loaded by
    ``tf.saved_model.load`` and by TF Serving's session loader, ONNX Runtime, LiteRT).
 
-It verifies at the end: the open-loop error of every observation key at horizons 1
-and 15 must be below the mean predictor's, and the export parity must hold; otherwise
-it exits 1.
+It verifies at the end: the open-loop error of every observation key at horizon 15
+must be at most ``MARGIN`` (0.7) times the mean predictor's, and the export parity must
+hold; otherwise it exits 1. The default plans take under ten minutes on two cores;
+``--full`` runs more data and updates with 64x64 frames (see ``docs/performance.md``
+for its time).
 
-    python examples/end_to_end.py [--out out] [--runs CartPole-v1 Pendulum-v1 CartPole-pixels]
+    python examples/end_to_end.py [--out out] [--full] [--runs CartPole-v1 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# first: loads TensorFlow without its GPU probing lines
+import quiet_tf  # noqa: F401
 
-import keras  # noqa: E402
+# isort: split
+import keras
 
-from rssm_tf.atomic import write_atomic  # noqa: E402
-from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard  # noqa: E402
-from rssm_tf.collect import collect  # noqa: E402
-from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset  # noqa: E402
-from rssm_tf.saving import AtomicModelCheckpoint, save_world_model  # noqa: E402
-from rssm_tf.world_model import WorldModel, evaluate_open_loop  # noqa: E402
+from rssm_tf.atomic import write_atomic
+from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
+from rssm_tf.collect import collect
+from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset
+from rssm_tf.saving import AtomicModelCheckpoint, save_world_model
+from rssm_tf.world_model import WorldModel, evaluate_open_loop
 
 # A compact configuration that trains in minutes on two CPU cores.
 SIZES = dict(deterministic_size=128, n_categories=16, n_classes=16, hidden_size=128,
              n_blocks=4, encoder_layers=2, decoder_layers=2)
-# Per run: the gymnasium id, episodes to collect (train, held out), training updates,
-# epochs, learning rate; pixel runs record frames of ``image_size`` as ``image`` and the
-# parts of the state vector ``vector_keys`` names (the full vector is not stored).
+# Per run: the gymnasium id, episodes to collect (train, held out), training updates
+# (one fit of ``epochs`` epochs), learning rate; pixel runs record frames of
+# ``image_size`` as ``image`` and the parts of the state vector ``vector_keys`` names
+# (the full vector is not stored). The quick plans (the default) fit the whole script
+# in under ten minutes on two cores; ``--full`` runs the longer ones.
 PLANS = {
-    "CartPole-v1": dict(env="CartPole-v1", train=400, test=60, steps=1500, epochs=3, lr=6e-4),
-    "Pendulum-v1": dict(env="Pendulum-v1", train=40, test=10, steps=1000, epochs=3, lr=6e-4),
-    # cnn_depth 8 instead of DreamerV3's 32: a quarter of the channels, for two CPU cores;
-    # 1800 updates: with DreamerV3's block-GRU norm 1200 left the 15-step imagination
-    # level with the mean frame (0.00151 vs 0.00151); 1800 gives 0.00128
-    "CartPole-pixels": dict(env="CartPole-v1", train=300, test=60, steps=1800, epochs=3,
-                            lr=3e-4, image_size=64, vector_keys={"velocity": [1]},
-                            sizes=dict(cnn_depth=8)),
+    "CartPole-v1": dict(env="CartPole-v1", train=200, test=60, steps=1500, epochs=2, lr=6e-4),
+    "Pendulum-v1": dict(env="Pendulum-v1", train=20, test=10, steps=500, epochs=2, lr=6e-4),
+    # 32x48 frames of the 192x288 region around the cart and pole (rows 140-332,
+    # columns 156-444 of the 400x600 render; a random policy rarely takes the cart
+    # out of it), so a 1-pixel step is 6 rendered pixels and the pole's tilt shows;
+    # cnn_depth 8 (DreamerV3: 32). ``velocity`` holds the cart's velocity and the
+    # pole's angular velocity (state indices 1 and 3), what a single frame cannot show.
+    "CartPole-pixels": dict(env="CartPole-v1", train=150, test=40, steps=1200, epochs=2,
+                            lr=1e-3, image_size=(32, 48), image_crop=(140, 332, 156, 444),
+                            vector_keys={"velocity": [1, 3]}, sizes=dict(cnn_depth=8)),
 }
+FULL_PLANS = {
+    "CartPole-v1": dict(PLANS["CartPole-v1"], train=400, test=60, steps=1500, epochs=3),
+    "Pendulum-v1": dict(PLANS["Pendulum-v1"], train=40, test=10, steps=1000, epochs=3),
+    # 64x96 frames of the same region
+    "CartPole-pixels": dict(PLANS["CartPole-pixels"], train=300, test=60, steps=1800,
+                            epochs=3, lr=3e-4, image_size=(64, 96)),
+}
+# The check every run must pass: open-loop error at horizon 15 at most this fraction of
+# the mean predictor's, for every observation key.
+MARGIN = 0.7
 
 
-def run_env(run: str, out: Path, seed: int, scale: float) -> dict:
-    plan = PLANS.get(run, dict(env=run, train=50, test=10, steps=600, epochs=3, lr=6e-4))
+def run_env(run: str, out: Path, seed: int, scale: float, plans: dict) -> dict:
+    plan = plans.get(run, dict(env=run, train=50, test=10, steps=600, epochs=2, lr=6e-4))
     env_id, size = plan["env"], plan.get("image_size")
     root = out / run
     train_dir, test_dir = root / "data" / "train", root / "data" / "test"
     t0 = time.time()
-    naming = dict(image_size=size, vector_keys=plan.get("vector_keys"))
+    naming = dict(image_size=size, vector_keys=plan.get("vector_keys"),
+                  image_crop=plan.get("image_crop"))
     if not len(EpisodeStore(train_dir)):
         collect(env_id, plan["train"], train_dir, seed=seed, **naming)
     if not len(EpisodeStore(test_dir)):
@@ -103,12 +121,16 @@ def run_env(run: str, out: Path, seed: int, scale: float) -> dict:
     result = evaluate_open_loop(model, test, context=5, horizon=15)
     result.update(env=env_id, keys=list(keys), fit_seconds=round(fit_seconds, 1),
                   updates=steps, xla=model.xla)
-    write_atomic(root / "open_loop.json", json.dumps(result, indent=2).encode())
     for h in (1, 15):
         errors = ", ".join(f"{k} MSE {result[k + '_mse'][h - 1]:.5f} (mean predictor "
                            f"{result['mean_' + k + '_mse'][h - 1]:.5f})"
                            for k in (*keys, "reward"))
         print(f"[{run}] open-loop horizon {h:>2}: {errors}; {result['windows']} windows")
+    result["ratio_h15"] = {k: result[k + "_mse"][14] / result["mean_" + k + "_mse"][14]
+                           for k in keys}
+    print(f"[{run}] horizon 15 error / mean predictor's: " + ", ".join(
+        f"{k} {r:.2f}" for k, r in result["ratio_h15"].items()) + f" (must be <= {MARGIN})")
+    write_atomic(root / "open_loop.json", json.dumps(result, indent=2).encode())
     pictures = sorted(p.name for p in root.glob(f"imagination*_epoch{plan['epochs']}.png"))
     print(f"[{run}] imagination pictures in {root}: {', '.join(pictures)}")
     return result
@@ -122,13 +144,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply the training updates (e.g. 0.1 for a smoke run)")
+    parser.add_argument("--full", action="store_true",
+                        help="the longer plans (more data and updates, 64x64 frames)")
     parser.add_argument("--no-export", action="store_true", help="skip the export step")
     args = parser.parse_args()
     out = Path(args.out)
     start = time.time()
-    results = {run: run_env(run, out, args.seed, args.scale) for run in args.runs}
-    ok = all(r[k + "_mse"][h] < r["mean_" + k + "_mse"][h]
-             for r in results.values() for k in r["keys"] for h in (0, 14))
+    plans = FULL_PLANS if args.full else PLANS
+    results = {run: run_env(run, out, args.seed, args.scale, plans) for run in args.runs}
+    ok = all(ratio <= MARGIN for r in results.values() for ratio in r["ratio_h15"].values())
 
     if not args.no_export:
         from rssm_tf_export.exporter import export_model
@@ -143,11 +167,18 @@ def main() -> int:
         print(f"exported to {out / 'export'}: saved_model/<name>/<version>/, onnx/, "
               "litert/, manifest.json, parity.json")
 
-    summary = {run: {f"{k}_h{h}": r[k][h - 1] for key in r["keys"]
-                     for k in (f"{key}_mse", f"mean_{key}_mse") for h in (1, 15)}
-               for run, r in results.items()}
+    runs = {run: {f"{k}_h{h}": r[k][h - 1] for key in r["keys"]
+                  for k in (f"{key}_mse", f"mean_{key}_mse") for h in (1, 15)}
+            | {"ratio_h15": r["ratio_h15"], "updates": r["updates"],
+               "fit_seconds": r["fit_seconds"]}
+            for run, r in results.items()}
+    seconds = round(time.time() - start)
+    summary = {"plans": "full" if args.full else "quick", "seconds": seconds,
+               "margin": MARGIN, "passed": bool(ok), "runs": runs}
+    if not args.no_export:
+        summary["parity_max_abs_diff"] = manifest["parity"]["max_abs_diff"]
     write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
-    print(f"done in {time.time() - start:.0f}s: " + ("all checks passed" if ok else "CHECK FAILED"))
+    print(f"done in {seconds}s: " + ("all checks passed" if ok else "CHECK FAILED"))
     return 0 if ok else 1
 
 

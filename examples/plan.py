@@ -21,23 +21,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# first: loads TensorFlow without its GPU probing lines
+import quiet_tf  # noqa: F401
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+# isort: split
+import keras
+import numpy as np
 
-from rssm_tf.agent import run_episodes, train_with_planner  # noqa: E402
-from rssm_tf.atomic import write_atomic  # noqa: E402
-from rssm_tf.collect import collect  # noqa: E402
-from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset  # noqa: E402
-from rssm_tf.planning import Planner, PlannerConfig  # noqa: E402
-from rssm_tf.saving import save_world_model  # noqa: E402
-from rssm_tf.world_model import WorldModel  # noqa: E402
+from rssm_tf.agent import run_episodes, train_with_planner
+from rssm_tf.atomic import write_atomic
+from rssm_tf.collect import collect
+from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset
+from rssm_tf.planning import Planner, PlannerConfig
+from rssm_tf.saving import save_world_model
+from rssm_tf.world_model import WorldModel
 
 # Per environment: random episodes, model sizes, first fit, rounds (episodes, updates,
 # exploration), and the planner. CartPole's two actions need few candidates; Pendulum's
