@@ -10,7 +10,9 @@ path for directories) at 1k episodes, and the pixel training step at the seed si
 so the table says how much faster the pipeline delivers than the model consumes.
 
     python benchmarks/data_pipeline.py [--sizes 1000 5000 20000] [--compress]
-        [--no-train-step] [--out benchmarks/results/data_pipeline.json]
+        [--no-train-step] [--out PATH]
+
+Writes ``benchmarks/results/data_pipeline.json`` and ``.md`` (see ``results.py``).
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--compress", action="store_true", help="compressed episode files")
     parser.add_argument("--no-train-step", action="store_true")
-    parser.add_argument("--out", default="benchmarks/results/data_pipeline.json")
+    parser.add_argument("--out", default=None,
+                        help="JSON path (default benchmarks/results/data_pipeline.json)")
     parser.add_argument("--measure", nargs=3, metavar=("DIR", "BATCHES", "IN_MEMORY"),
                         help=argparse.SUPPRESS)  # the child process's entry
     args = parser.parse_args()
@@ -156,9 +159,31 @@ def main() -> int:
         report["train_step_seconds"] = round(step, 2)
         report["pipeline_over_train_step"] = round(
             min(r["streamed"]["batches_per_second"] for r in rows) * step, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    report["command"] = "python benchmarks/data_pipeline.py " + " ".join(sys.argv[1:])
+    table_rows = []
+    for row in rows:
+        s = row["streamed"]
+        table_rows.append([f"{row['episodes']:,}", f"{row['frames_gb']} GB",
+                           f"{s['build_seconds']} ({s['rebuild_seconds']})",
+                           s["batches_per_second"], s["peak_rss_gb"]])
+        if "in_memory" in row:
+            m = row["in_memory"]
+            table_rows.append([f"{row['episodes']:,} in memory", f"{row['frames_gb']} GB",
+                               f"{m['build_seconds']}", m["batches_per_second"],
+                               m["peak_rss_gb"]])
+    notes = f"Peak RSS growth from the smallest to the largest: {report['peak_rss_growth_gb']} GB."
+    if "train_step_seconds" in report:
+        notes += (f" The pixel training step took {report['train_step_seconds']} s: the "
+                  f"slowest pipeline row delivers {report['pipeline_over_train_step']}x "
+                  "faster than training consumes.")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import markdown_table, write_results
+
+    write_results("data_pipeline" + ("_compressed" if args.compress else ""),
+                  "Streamed data pipeline" + (", compressed files" if args.compress else ""),
+                  report, markdown_table(["episodes", "frames", "index build s (cached)",
+                                          f"B{BATCH} x T{SEQ} batches/s", "peak RSS GB"],
+                                         table_rows), notes, json_path=args.out)
     print(f"\n{'episodes':>9} {'frames GB':>10} {'build s':>8} {'cached s':>9} "
           f"{'batches/s':>10} {'peak RSS GB':>12}")
     for row in rows:

@@ -13,7 +13,9 @@ wall time. For the loop's products it also reports the rate at which they read t
 loop's weights (every step reads each kernel once per direction).
 
     python benchmarks/profile_update.py [--batch 16] [--seq 64] [--updates 5]
-                                        [--top 12] [--json profile_update.json]
+                                        [--top 12] [--json PATH]
+
+Writes ``benchmarks/results/profile_update.json`` and ``.md`` (see ``results.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from results import markdown_table, write_results  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 from train_speed import make_batch, timed  # noqa: E402
 
@@ -89,7 +91,8 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--updates", type=int, default=5, help="updates traced")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per group")
-    parser.add_argument("--json", default="profile_update.json")
+    parser.add_argument("--json", default=None,
+                        help="JSON path (default benchmarks/results/profile_update.json)")
     args = parser.parse_args()
     for name in ("batch", "seq", "updates"):
         if getattr(args, name) <= 0:
@@ -143,7 +146,15 @@ def main() -> int:
     result = {"update_ms": update_ms, "batch": args.batch, "seq": args.seq,
               "updates_traced": n, "loop_weight_mb": mb, "loop_read_gb_s": read_gb_s,
               "groups": summary}
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    result["command"] = "python benchmarks/profile_update.py " + " ".join(sys.argv[1:])
+    table = markdown_table(["group", "ms per update", "kernels per update"],
+                           [[label, round(g["kernel_ms"], 1), round(g["kernels"])]
+                            for label, g in summary.items()])
+    notes = (f"XLA update {update_ms:.1f} ms (median of 10, before tracing); the loop's "
+             f"weights are {mb:.1f} MB per step and direction, read by its products at "
+             f"{read_gb_s:.1f} GB/s.")
+    write_results("profile_update", "Where the update's time goes", result, table, notes,
+                  json_path=args.json)
     return 0
 
 

@@ -7,7 +7,7 @@ Backends: ONNX Runtime, LiteRT, the SavedModel in-process, and TF Serving's REST
 gRPC protocols against the stand-in server (``serving/standin.py``; point ``--rest-url`` /
 ``--grpc-target`` at a real ``tensorflow_model_server`` to measure that instead).
 
-    python benchmarks/serving_latency.py [--export DIR] [--iters 200] [--json out.json]
+    python benchmarks/serving_latency.py [--export DIR] [--iters 200] [--json PATH]
     python benchmarks/serving_latency.py --plan-only --export out/plan/Pendulum-v1/export
     python benchmarks/serving_latency.py --imagine-only [--export DIR]
 
@@ -16,7 +16,9 @@ signature: states, reward and continue) on ONNX Runtime, the SavedModel in-proce
 the Keras model under XLA, one call each time.
 
 Without ``--export`` it exports a fresh seed-configuration model (obs 64, action 11)
-to a temporary directory first. All numbers are from one run on one machine.
+to a temporary directory first. All numbers are from one run on one machine, written
+to ``benchmarks/results/serving_latency.json`` and ``.md`` (``_imagine`` / ``_plan``
+for the two single measurements; see ``results.py``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from results import markdown_table, write_results  # noqa: E402
 
 
 def export_seed_model(out: Path) -> Path:
@@ -150,12 +154,14 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rest-url", default=None, help="a real TF Serving REST URL")
     parser.add_argument("--grpc-target", default=None, help="a real TF Serving gRPC target")
-    parser.add_argument("--json", default="serving_latency.json")
+    parser.add_argument("--json", default=None,
+                        help="JSON path (default benchmarks/results/serving_latency*.json)")
     parser.add_argument("--imagine-only", action="store_true",
                         help="only imagine 1024 x 15 (ONNX Runtime, SavedModel, Keras XLA)")
     parser.add_argument("--plan-only", action="store_true",
                         help="only the planning step (ONNX Runtime, SavedModel, Keras XLA)")
     args = parser.parse_args()
+    command = "python benchmarks/serving_latency.py " + " ".join(sys.argv[1:])
 
     from rssm_tf_serving.client import WorldModelClient
     from rssm_tf_serving.standin import StandInServer
@@ -178,8 +184,14 @@ def main() -> int:
         results["keras_xla"] = measure_keras(manifest["config"], iters, warmup)
         for name, r in results.items():
             print(f"{label} {name:<11} p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
-        Path(args.json).write_text(json.dumps({"config": manifest["config"], **settings,
-                                               "results": results}, indent=2))
+        report = {"config": manifest["config"], **settings, "results": results,
+                  "command": command}
+        table = markdown_table(["backend", "p50 ms", "p99 ms"],
+                               [[name, round(r["p50_ms"], 1), round(r["p99_ms"], 1)]
+                                for name, r in results.items()])
+        which = "imagine" if args.imagine_only else "plan"
+        write_results(f"serving_latency_{which}", f"Latency: {label}, batch 1", report,
+                      table, json_path=args.json)
         return 0
     server = None
     if not (args.rest_url and args.grpc_target):
@@ -216,8 +228,15 @@ def main() -> int:
                  for k in ("observe_b1", "observe_b64", "imagine15_b1", "plan_b1")]
         print(f"{name:<11} {cells[0]:>20} {cells[1]:>21} {cells[2]:>19} {cells[3]:>20}")
     print(f"ONNX Runtime observe b1 is {ratio:.1f}x faster than the local SavedModel")
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.json}")
+    report["command"] = command
+    table = markdown_table(
+        ["backend", "observe b1 p50 / p99 ms", "observe b64", "imagine 15", "plan N500 H12 I4"],
+        [[name] + [f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}" if k in r else "-"
+                   for k in ("observe_b1", "observe_b64", "imagine15_b1", "plan_b1")]
+         for name, r in results.items()])
+    write_results("serving_latency", "Serving latency", report, table,
+                  f"ONNX Runtime's observe at batch 1 is {ratio:.1f}x faster than the "
+                  "SavedModel in-process.", json_path=args.json)
     return 0
 
 

@@ -1,20 +1,22 @@
 """Training-update speed of the world model, measured in one run.
 
 Rows: the full update (encoder, RSSM observe loop, prior, decoder, reward and continue
-heads, the SPEC loss, Adam) at the seed configuration, B16 x T64 by default, run
-eagerly, as a ``tf.function`` and with XLA; XLA with TensorFlow's autodiff of the loop
-instead of the hand-written backward; XLA under ``mixed_bfloat16``; imagination of
-1024 starts x 15 steps; a dense matmul (the machine's practical peak); and, when
-``torch`` and ``torchrl`` import, TorchRL's DreamerV3 world model for the ratio (our
-XLA update and TorchRL's timed in ``--rounds`` alternating rounds, so both see the
-same machine; the ratio is the median of the rounds' ratios). Then the same update
-for image observations (``--image 64``: 64x64x3 frames through
-DreamerV3's CNN encoder and decoder at depth 32, no vector), with XLA and as a
-``tf.function`` (kernel 4, our default), and at kernel 5 against TorchRL's
-``DreamerV3ImageEncoder/Decoder`` (which need an odd kernel) in alternating rounds.
+heads, the loss of docs/design.md section 5, Adam) at the seed configuration, B16 x T64
+by default, run eagerly, as a ``tf.function`` and with XLA; XLA with TensorFlow's
+autodiff of the loop instead of the hand-written backward; XLA under ``mixed_bfloat16``;
+imagination of 1024 starts x 15 steps; a dense matmul (the machine's practical peak);
+and, when ``torch`` and ``torchrl`` import, TorchRL's DreamerV3 world model for the
+ratio (our XLA update and TorchRL's timed in ``--rounds`` alternating rounds, so both
+see the same machine; the ratio is the median of the rounds' ratios). Then the same
+update for image observations (``--image 64``: 64x64x3 frames through DreamerV3's CNN
+encoder and decoder at depth 32, no vector), with XLA and as a ``tf.function`` (kernel
+4, our default), and at kernel 5 against TorchRL's ``DreamerV3ImageEncoder/Decoder``
+(which need an odd kernel) in alternating rounds.
 
     python benchmarks/train_speed.py [--batch 16] [--seq 64] [--iters 10] [--rounds 3]
-                                     [--image 64] [--json out.json]
+                                     [--image 64] [--json PATH]
+
+Writes ``benchmarks/results/train_speed.json`` and ``.md`` (see ``results.py``).
 
 Reported: median ms per update after warm-up, compile time (first call), peak RSS,
 transitions per second, analytic FLOPs and achieved GFLOP/s.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import resource
 import sys
@@ -34,10 +35,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from results import machine, markdown_table, write_results  # noqa: E402
 
 from rssm_tf import RssmConfig, RssmState  # noqa: E402
 from rssm_tf.world_model import WorldModel  # noqa: E402
@@ -200,7 +203,8 @@ def main() -> int:
                         help="alternating rounds of our XLA update and TorchRL's")
     parser.add_argument("--image", type=int, default=64,
                         help="image rows at SIZE x SIZE x 3 (64; 0 skips them)")
-    parser.add_argument("--json", default="train_speed.json")
+    parser.add_argument("--json", default=None,
+                        help="JSON path (default benchmarks/results/train_speed.json)")
     args = parser.parse_args()
     config = RssmConfig(obs_dim=args.obs_dim, action_dim=args.action_dim)
     b, t = args.batch, args.seq
@@ -216,7 +220,6 @@ def main() -> int:
     rounds = None
     if not args.no_torchrl:
         try:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from torchrl_reference import torchrl_step  # optional: torch + torchrl
 
             torch_step, torch_first = torchrl_step(config, b, t)
@@ -282,8 +285,24 @@ def main() -> int:
             per_round = ", ".join(f"{r['ratio']:.2f}" for r in result["rounds"])
             print(f"TorchRL ms / ours ({label}): {result['ratio']:.2f} (median of "
                   f"{len(result['rounds'])} alternating rounds: {per_round})")
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.json}")
+    report["command"] = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
+    table = markdown_table(
+        [f"update (B{b} x T{t})", "ms", "compile s", "transitions/s", "peak RSS MB"],
+        [[name, round(row["ms"], 1), round(row["compile_s"], 1),
+          round(row["transitions_per_s"]), round(row["peak_rss_mb"])]
+         for name, row in rows.items()]
+        + [["imagine 1024 x 15 (XLA)", round(imagine["ms"], 1),
+            round(imagine["compile_s"], 1), "", round(imagine["peak_rss_mb"])]])
+    notes = [f"Vector update {best['gflop']:.1f} GFLOP, "
+             f"{100 * best['gflops_per_s'] / peak32:.0f}% of the float32 matmul peak; "
+             f"bfloat16 matmul peak {peak16:.0f} GFLOP/s."]
+    for key, label in (("torchrl", "vectors"), ("torchrl_image", "images, kernel 5")):
+        if f"{key}_ms_over_ours" in report:
+            per_round = ", ".join(f"{r['ratio']:.2f}" for r in report[f"{key}_rounds"])
+            notes.append(f"TorchRL / ours ({label}): {report[f'{key}_ms_over_ours']:.2f} "
+                         f"(rounds {per_round}).")
+    write_results("train_speed", "Training update", report, table, " ".join(notes),
+                  info=machine(peak32), json_path=args.json)
     return 0
 
 
