@@ -1,4 +1,4 @@
-"""The serving graph: a ``tf.Module`` with the fixed signatures of SPEC section 6.
+"""The serving graph: a ``tf.Module`` with the fixed signatures of docs/design.md section 6.
 
 =================  ====================================  ==========================================
 signature          inputs                                outputs

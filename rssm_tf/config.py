@@ -32,7 +32,7 @@ RESERVED_KEYS = frozenset({
 
 @dataclasses.dataclass(frozen=True)
 class RssmConfig:
-    """Sizes and options of the RSSM world model (SPEC section 1).
+    """Sizes and options of the RSSM world model (docs/design.md section 1).
 
     ``RssmConfig(obs_dim, action_dim)`` alone gives the seed configuration:
     ``deterministic_size`` D=512, ``n_categories`` S=32 groups of ``n_classes`` K=32,
@@ -286,7 +286,7 @@ class RssmConfig:
 
 @dataclasses.dataclass(frozen=True)
 class KlBalanceConfig:
-    """KL balancing of DreamerV3 (SPEC section 5).
+    """KL balancing of DreamerV3 (docs/design.md section 5).
 
     ``dyn_scale`` 0.5 weighs ``max(free_nats, KL(sg(post) || prior))`` (trains the
     prior), ``rep_scale`` 0.1 weighs ``max(free_nats, KL(post || sg(prior)))`` (trains

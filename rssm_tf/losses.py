@@ -70,7 +70,7 @@ def kl_balanced_loss(post_logits: tf.Tensor, prior_logits: tf.Tensor,
 
 
 class TwohotEncoder:
-    """Twohot encoding of scalars over ``num_bins`` bins (SPEC section 5).
+    """Twohot encoding of scalars over ``num_bins`` bins (docs/design.md section 5).
 
     ``space="symlog"`` (default): bins ``g = linspace(low, high, n)`` in symlog space,
     targets go through ``symlog`` and decodes through ``symexp``. ``space="raw"``: bins

@@ -1,4 +1,4 @@
-"""The Recurrent State-Space Model of DreamerV3 (SPEC sections 2-4).
+"""The Recurrent State-Space Model of DreamerV3 (docs/design.md sections 2-4).
 
 State ``(h, z)``: ``h`` [B, D] the GRU memory, ``z`` [B, S*K] S one-hot latents.
 One step::

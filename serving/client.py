@@ -1,6 +1,6 @@
 """``WorldModelClient``: the recurrent state on the client, the model anywhere.
 
-The served model is stateless (SPEC section 6): every call takes ``h`` and ``z`` and
+The served model is stateless (docs/design.md section 6): every call takes ``h`` and ``z`` and
 returns the next ones. The client keeps them between calls, so an agent or a planner
 writes ``reset / observe / imagine / predict`` whatever runs the model::
 

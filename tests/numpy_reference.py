@@ -1,9 +1,9 @@
 """An independent implementation of the world model's math in plain numpy (float64),
-written from ``../shared/SPEC.md`` sections 3-5. It reads the weights of an ``Rssm`` /
+written from ``docs/design.md`` sections 3-5. It reads the weights of an ``Rssm`` /
 ``WorldModel`` and calls none of ``rssm_tf``'s math, so the tests can hold the library
 against it on every path (eager, ``tf.function``, XLA).
 
-The block GRU is written the way the SPEC states it: every block gets
+The block GRU is written the way docs/design.md states it: every block gets
 ``concat(its slice of h, x)`` and one [d + 3H, d] matrix, and the norm runs over all D
 units. The library stores that matrix as two parts (the h rows per block, the x rows
 side by side for all blocks); here they are joined back.
@@ -92,7 +92,7 @@ class Reference:
         c = self.config = rssm.config
         self.kind, self.eps = c.norm, c.norm_eps
 
-    def L(self, x, layer):  # noqa: N802 - the SPEC's name
+    def L(self, x, layer):  # noqa: N802 - the design's name
         return norm_dense(x, layer, self.kind, self.eps)
 
     def gru(self, x, h):
@@ -217,7 +217,7 @@ def bce_with_logits(logit, label):
 
 def world_model_loss(model, batch, noise):
     """The scalar loss and its terms for one batch of vector observations (means over
-    B and T), SPEC section 5."""
+    B and T), docs/design.md section 5."""
     ref = Reference(model.rssm)
     hs, zs, post, prior = ref.observe(batch["obs"], batch["action"], batch["is_first"],
                                       noise)

@@ -1,7 +1,7 @@
 """What the tests compare exported files with: the Keras model's own outputs.
 
 ``keras_call(model)`` runs a serving signature's inputs through the ``Rssm`` layer's
-public methods, eagerly, written here from SPEC section 6 (not through
+public methods, eagerly, written here from docs/design.md section 6 (not through
 ``rssm_tf_export.module``), so an export test never trusts the exporter's code or its own
 ``parity.json``. ``check_against_keras`` runs parity cases through a backend and
 compares: identical ``z``, continuous outputs within 1e-5 (scaled by
@@ -38,7 +38,7 @@ def keras_call(model):
         kind = {"sample": False, "noise": t.get("noise")}
         if name == "predict":
             out = rssm.predict(t["h"], t["z"])
-        elif name == "decode":  # SPEC 6: vectors back through symexp, images in [0, 1]
+        elif name == "decode":  # design section 6: vectors back through symexp, images in [0, 1]
             recon = model.decoder(tf.concat([t["h"], t["z"]], -1))
             out = {k: tf.clip_by_value(v + 0.5, 0.0, 1.0) if k in model.config.image_keys
                    else tf.math.sign(v) * (tf.exp(tf.abs(v)) - 1.0) for k, v in recon.items()}

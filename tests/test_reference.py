@@ -1,4 +1,4 @@
-"""The library against an independent numpy implementation of the SPEC
+"""The library against an independent numpy implementation of docs/design.md
 (``numpy_reference.py``), on every path a user runs: eager, ``tf.function``, XLA."""
 
 import numpy as np
