@@ -67,8 +67,9 @@ def test_manual_backward_under_xla():
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_manual_backward_under_mixed_precision(policy):
     """Under a mixed policy both backwards multiply in the low precision: they agree to
-    within its rounding (bfloat16 keeps 8 bits of mantissa, ~0.4%): every weight's
-    gradient within 3% of autodiff's in norm, and pointing the same way."""
+    within its rounding: every weight's gradient within 0.5% (bfloat16, 8 bits of
+    mantissa) or 0.1% (float16, 11 bits) of autodiff's in norm, and pointing the same
+    way (measured worst: 0.24% and 0.038%); docs/fidelity.md states these bounds."""
     import keras
 
     keras.mixed_precision.set_global_policy(policy)
@@ -89,7 +90,7 @@ def test_manual_backward_under_mixed_precision(policy):
             continue
         error = np.linalg.norm(m - a) / np.linalg.norm(a)
         worst = max(worst, error)
-        assert error < 0.03, (var.path, error)
+        assert error < {"mixed_bfloat16": 5e-3, "mixed_float16": 1e-3}[policy], (var.path, error)
         assert a @ m / (np.linalg.norm(a) * np.linalg.norm(m)) > 0.999, var.path
     assert worst > 0  # the comparison ran in the low precision
 
