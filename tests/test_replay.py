@@ -196,7 +196,9 @@ def test_two_workers_read_their_own_files(tmp_path):
         assert proc.returncode == 0, err[-3000:]
     got = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
     shares = [set(Replay(tmp_path, 5, shard=(i, 2)).names) for i in range(2)]
+    assert all(shares) and not shares[0] & shares[1]  # both shares hold files
     for result, share in zip(got, shares):
         assert np.isfinite(result["loss"])
+        assert result["episodes"], "a worker recorded no episode: nothing was checked"
         assert {f"ep{e:04d}.npz" for e in result["episodes"]} <= share
     assert not set(got[0]["episodes"]) & set(got[1]["episodes"])
