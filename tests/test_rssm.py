@@ -127,6 +127,38 @@ def test_gradients_reach_every_weight_through_observe(rssm, small_config, rng):
     assert missing == []
 
 
+@pytest.mark.parametrize("manual", [False, True])
+def test_the_next_memory_reaches_the_posterior_only_through_the_straight_through_z(
+        small_config, rng, manual):
+    """End to end through the step, not just at the sampler: h2 depends on the
+    posterior's weights only through the one-hot z1. Its true derivative is therefore
+    zero (a small change of the weights leaves z1, so h2, exactly as it was), while the
+    straight-through gradient is non-zero and flows through the GRU's z input; the
+    prior, which the observe path does not feed into h, gets none. Checked through
+    ``observe`` with autodiff and with the hand-written backward."""
+    rssm = Rssm(small_config, seed=1, manual_gradient=manual)
+    obs, act, noise = _seq(rng, small_config, t=2)
+    weights = tf.constant(rng.normal(size=(2, small_config.deterministic_size)), "float32")
+    rssm.observe(obs, act, np.zeros((2, 2)), noise=noise)  # builds the weights
+
+    def next_memory():
+        states, _, _ = rssm.observe(obs, act, np.zeros((2, 2)), noise=noise)
+        return tf.reduce_sum(states.h[:, 1] * weights)
+
+    post_kernel = rssm.post_net.out.kernel  # the posterior logits layer's kernel
+    assert post_kernel.shape[-1] == small_config.stoch_size
+    with tf.GradientTape() as tape:
+        loss = next_memory()
+    post, z_in, prior = tape.gradient(
+        loss, [post_kernel, rssm.inp_z.trainable_weights, rssm.prior_net.trainable_weights])
+    assert np.abs(post.numpy()).max() > 1e-4
+    assert all(g is not None and np.abs(g.numpy()).max() > 1e-4 for g in z_in)
+    assert all(g is None or np.abs(g.numpy()).max() == 0 for g in prior)
+    before = loss.numpy()
+    post_kernel.assign_add(1e-4 * np.sign(post.numpy()))  # uphill for the gradient
+    assert next_memory().numpy() == before  # ... yet nothing moved: z1 stayed one-hot
+
+
 @pytest.mark.parametrize("call, words", [
     (lambda r: r.obs_step(r.initial_state(2), np.ones((2, 4)), np.ones((2, 5))),
      r"action must have shape \[B, 3\]"),
