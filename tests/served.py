@@ -98,21 +98,23 @@ def check_against_keras(model, call, what: str, seed: int = 0) -> dict:
     return reference
 
 
-def run_in_tf_serving_loader(saved_model: Path, cases: dict, tmp_path: Path) -> dict:
-    """Outputs of ``cases`` from the SavedModel loaded by TF Serving's path (a TF1
-    session, tensors by SignatureDef names) in a fresh process without ``rssm_tf``."""
+def run_in_tf_serving_loader(saved_model: Path, cases: dict, tmp_path: Path,
+                             loader: str = "session") -> dict:
+    """Outputs of ``cases`` from the SavedModel loaded in a fresh process without
+    ``rssm_tf``: by TF Serving's path (``session``: a TF1 session, tensors by
+    SignatureDef names) or by ``tf.saved_model.load`` (``tf2``)."""
     cases_path, out_path = tmp_path / "cases.npz", tmp_path / "outputs.npz"
     save_cases(cases_path, cases)
     code = ("import sys; sys.modules['rssm_tf'] = None  # importing rssm_tf now raises\n"
             "from rssm_tf_export.savedmodel_check import main\n"
-            f"sys.exit(main(['--loader', 'session', {str(saved_model)!r}, "
+            f"sys.exit(main(['--loader', {loader!r}, {str(saved_model)!r}, "
             f"{str(cases_path)!r}, {str(out_path)!r}]))")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     outputs = load_arrays(out_path)
-    outputs.pop("__process__")
+    outputs.pop("__process__")  # rssm_tf is poisoned above: importing it would raise
     return outputs
 
 

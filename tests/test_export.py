@@ -72,10 +72,13 @@ def test_parity_report_passes_on_every_backend(exported):
         assert {"rollout_obs_step_noise", "imagine_noise"} <= set(backend["cases"])
 
 
+@pytest.mark.parametrize("loader", ["session", "tf2"])
 def test_tf_serving_loader_runs_every_signature_like_the_keras_model(exported, model_path,
-                                                                    tmp_path):
-    """TF Serving's way (a TF1 session restoring the variables, tensors by the names in
-    each SignatureDef) in a process where rssm_tf cannot be imported."""
+                                                                    tmp_path, loader):
+    """In a process where rssm_tf cannot be imported: TF Serving's way (a TF1 session
+    restoring the variables, tensors by the names in each SignatureDef), and
+    ``tf.saved_model.load``'s; checked here against Keras, not through the exporter's
+    own report."""
     out, _ = exported
     model = load_world_model(model_path, compile=False)
     cases = cases_for(model, seed=4)
@@ -86,7 +89,8 @@ def test_tf_serving_loader_runs_every_signature_like_the_keras_model(exported, m
             continue  # the planners' cases are there already
         elif not name.endswith(("_noise", "_mode")) and name != "predict":
             cases[name] = {"signature": name, "inputs": cases[f"{name}_mode"]["inputs"]}
-    outputs = run_in_tf_serving_loader(out / "saved_model" / "wm" / "1", cases, tmp_path)
+    outputs = run_in_tf_serving_loader(out / "saved_model" / "wm" / "1", cases, tmp_path,
+                                       loader)
     reference = keras_call(model)
     for name, case in cases.items():
         got = outputs[name]
