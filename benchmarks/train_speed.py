@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from results import machine, markdown_table, write_results  # noqa: E402
+from results import machine, markdown_table, matmul_peak, write_results  # noqa: E402
 
 from rssm_tf import RssmConfig, RssmState  # noqa: E402
 from rssm_tf.world_model import WorldModel  # noqa: E402
@@ -179,14 +179,6 @@ def _rate(row: dict, ms: float, transitions: int) -> dict:
     if "gflop" in row:
         out["gflops_per_s"] = row["gflop"] / (ms / 1000.0)
     return out
-
-
-def matmul_peak(dtype: str, n: int = 2048, iters: int = 10) -> float:
-    a = tf.random.normal([n, n], dtype="float32")
-    a = tf.cast(a, dtype)
-    fn = tf.function(lambda: tf.matmul(a, a), jit_compile=True)
-    _, ms = timed(fn, iters, 2)
-    return 2.0 * n ** 3 / 1e9 / (ms / 1000.0)
 
 
 def main() -> int:
