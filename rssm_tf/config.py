@@ -1,6 +1,7 @@
-"""Configuration objects: the sizes of the world model and the KL balance.
+"""Configuration objects: the sizes of the world model, the KL balance and the
+behavior learning.
 
-Both are frozen dataclasses. They validate every field once, when built, and raise
+All are frozen dataclasses. They validate every field once, when built, and raise
 ``ValueError`` naming the field; they round-trip through ``to_dict``/``from_dict``,
 JSON, and Keras' ``get_config``/``from_config`` (as plain dicts).
 """
@@ -12,11 +13,17 @@ import json
 import re
 from typing import Any
 
+import numpy as np
+
 from rssm_tf.validation import check_positive_int
 
-_ACTIVATIONS = ("silu",)
+# "silu": the DreamerV3 paper's choice (the default, fused backward); "gelu": the tanh
+# approximation that DreamerV3's current code uses (jax.nn.gelu), plain autodiff.
+ACTIVATIONS = ("silu", "gelu")
 _NORMS = ("rms", "layer")
-_INITIAL = ("zeros",)
+# Fields that configs written before they were removed may still hold, with the only
+# value they could take: `initial` (the state starts at zeros, as in DreamerV3's code).
+_REMOVED_FIELDS = {"initial": "zeros"}
 # The keys of the short forms, the one place they are spelled: obs_dim is {"obs": (O,)},
 # image_shape is {"image": (H, W, C)} (the collector names a plain observation so too).
 VECTOR_KEY, IMAGE_KEY = "obs", "image"
@@ -38,11 +45,12 @@ class RssmConfig:
     ``deterministic_size`` D=512, ``n_categories`` S=32 groups of ``n_classes`` K=32,
     ``hidden_size`` H=512, ``n_blocks`` G=8 (0 selects a dense GRU), ``unimix`` 0.01.
 
-    Extra fields keep DreamerV3's values: ``activation`` "silu", ``norm`` "rms" (or
+    Extra fields keep DreamerV3's values: ``activation`` "silu" (or "gelu",
+    DreamerV3's current code), ``norm`` "rms" (or
     "layer"), ``norm_eps`` 1e-4, ``head_layers`` 2 hidden layers in the reward and
     continue heads, ``encoder_layers`` / ``decoder_layers`` 3 hidden layers of H in the
     vector encoder and decoder, ``prior_layers`` 2, ``posterior_layers`` 1,
-    ``reward_bins`` 255, ``initial`` "zeros" (the initial state).
+    ``reward_bins`` 255. The initial state is zeros, as in DreamerV3's code.
 
     Observations (DreamerV3's ``obs_space``): ``obs_space={"joints": (7,), "camera":
     (64, 64, 3)}`` names every observation key and its per-step shape: rank 1 is a
@@ -70,7 +78,6 @@ class RssmConfig:
     decoder_layers: int = 3
     prior_layers: int = 2
     posterior_layers: int = 1
-    initial: str = "zeros"
     image_shape: tuple[int, int, int] | None = None
     cnn_depth: int = 32
     cnn_kernel: int = 4
@@ -103,13 +110,11 @@ class RssmConfig:
             raise ValueError(f"unimix must be in [0, 1), got {self.unimix!r}")
         if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {_ACTIVATIONS}, "
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, "
                              f"got {self.activation!r}")
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
-        if self.initial not in _INITIAL:
-            raise ValueError(f"initial must be one of {_INITIAL}, got {self.initial!r}")
 
     def _check_space(self) -> None:
         space = self.obs_space
@@ -312,6 +317,100 @@ class KlBalanceConfig:
         return _from_dict(cls, values)
 
 
+@dataclasses.dataclass(frozen=True)
+class BehaviorConfig:
+    """DreamerV3's behavior learning: an actor and a critic trained in imagination
+    (docs/design.md section 8). Every default is DreamerV3's.
+
+    Imagination: ``horizon`` 15 steps from every posterior state of the batch;
+    returns: ``discount`` 1 - 1/333, ``return_lambda`` 0.95, weighted by the predicted
+    continue flags. ``actor`` (``discrete``: a categorical with ``unimix`` 0.01;
+    otherwise a normal with mean ``tanh`` and std in [``min_std`` 0.1, ``max_std`` 1],
+    DreamerV3's current bounded normal) and ``critic`` (symlog twohot over
+    ``critic_bins`` 255) are MLPs of ``layers`` 3 x ``units`` (0: the world model's
+    ``hidden_size``) on ``[h, z]``. The policy gradient is REINFORCE for both action
+    kinds (DreamerV3's current choice) with advantages ``(R - v_slow) / max(limit,
+    P95 - P5)``, the percentiles' EMAs (``return_rate`` 0.01, ``return_limit`` 1,
+    ``return_low``/``return_high`` 5/95, debiased), and an ``entropy_scale`` 3e-4
+    bonus. The slow critic follows the critic by ``slow_rate`` 0.02 every
+    ``slow_every`` 1 updates; its values are the return targets' bootstrap and, with
+    weight ``slow_reg`` 1, a regulariser of the critic. Optimisers: Adam with
+    ``actor_lr``/``critic_lr`` 3e-5, ``adam_eps`` 1e-5, gradients clipped to a global
+    norm of ``clip_norm`` 100 (the paper's values).
+    """
+
+    discrete: bool = True
+    horizon: int = 15
+    discount: float = 1.0 - 1.0 / 333.0
+    return_lambda: float = 0.95
+    entropy_scale: float = 3e-4
+    unimix: float = 0.01
+    min_std: float = 0.1
+    max_std: float = 1.0
+    layers: int = 3
+    units: int = 0
+    critic_bins: int = 255
+    slow_rate: float = 0.02
+    slow_every: int = 1
+    slow_reg: float = 1.0
+    return_rate: float = 0.01
+    return_limit: float = 1.0
+    return_low: float = 5.0
+    return_high: float = 95.0
+    actor_lr: float = 3e-5
+    critic_lr: float = 3e-5
+    adam_eps: float = 1e-5
+    clip_norm: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.discrete, bool):
+            raise ValueError(f"discrete must be True or False, got {self.discrete!r}")
+        for name in ("horizon", "layers", "critic_bins", "slow_every"):
+            check_positive_int(name, getattr(self, name))
+        if isinstance(self.units, bool) or not isinstance(self.units, int) \
+                or self.units < 0:
+            raise ValueError(f"units must be an integer >= 0 (0: the world model's "
+                             f"hidden_size), got {self.units!r}")
+        if self.critic_bins < 2:
+            raise ValueError(f"critic_bins must be >= 2, got {self.critic_bins}")
+
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            return float(value)
+
+        for name, low, high, closed in (
+                ("discount", 0.0, 1.0, True), ("return_lambda", 0.0, 1.0, True),
+                ("unimix", 0.0, 1.0, False), ("slow_rate", 0.0, 1.0, True),
+                ("return_rate", 0.0, 1.0, True)):
+            value = number(name)
+            if not (low <= value <= high if closed else low <= value < high):
+                raise ValueError(f"{name} must be in [{low}, {high}{']' if closed else ')'}"
+                                 f", got {value!r}")
+        for name in ("entropy_scale", "slow_reg"):
+            if number(name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("min_std", "return_limit", "actor_lr", "critic_lr", "adam_eps",
+                     "clip_norm"):
+            if not number(name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not number("max_std") >= self.min_std:
+            raise ValueError(f"max_std must be >= min_std ({self.min_std}), got "
+                             f"{self.max_std!r}")
+        if not 0.0 <= number("return_low") < number("return_high") <= 100.0:
+            raise ValueError(f"return_low and return_high must satisfy 0 <= low < high "
+                             f"<= 100, got {self.return_low!r}, {self.return_high!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BehaviorConfig:
+        return _from_dict(cls, values)
+
+
 def _is_shape(value: Any, ranks: tuple[int, ...]) -> bool:
     """Whether ``value`` is a sequence of ``ranks`` positive integers (not bools)."""
     return not isinstance(value, (str, bytes)) and hasattr(value, "__len__") \
@@ -325,6 +424,13 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
     if not isinstance(values, dict):
         raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(values)}")
     names = {f.name for f in dataclasses.fields(cls)}
+    values = dict(values)
+    for name, only in _REMOVED_FIELDS.items():
+        if name in values and name not in names:
+            if values[name] != only:
+                raise ValueError(f"{cls.__name__} field {name!r} was removed; it could "
+                                 f"only be {only!r}, got {values[name]!r}")
+            del values[name]
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {unknown}")

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from rssm_tf.config import RssmConfig
-from rssm_tf.layers import Mlp, make_norm, norm_silu
+from rssm_tf.layers import Mlp, activation_fn, make_norm, norm_act
 from rssm_tf.math import symlog
 
 
@@ -45,7 +45,7 @@ def _merge_lead(x: tf.Tensor, rank: int) -> tuple[tf.Tensor, tf.Tensor]:
 @keras.saving.register_keras_serializable(package="rssm_tf")
 class ImageEncoder(keras.layers.Layer):
     """DreamerV3's image encoder: ``stages`` convolutions (``kernel`` x ``kernel``,
-    stride 2, no bias), each followed by a norm over channels and SiLU, with
+    stride 2, no bias), each followed by a norm over channels and ``activation``, with
     ``depth * 2**i`` channels at stage i; the last grid is flattened.
 
     uint8 image [..., H, W, C] -> embed [..., (H / 2**stages) * (W / 2**stages) *
@@ -53,10 +53,13 @@ class ImageEncoder(keras.layers.Layer):
     """
 
     def __init__(self, depth: int = 32, stages: int = 4, kernel: int = 4,
-                 norm: str = "rms", norm_eps: float = 1e-4, **kwargs: Any) -> None:
+                 norm: str = "rms", norm_eps: float = 1e-4, activation: str = "silu",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.depth, self.stages, self.kernel = depth, stages, kernel
         self.norm_kind, self.norm_eps = norm, norm_eps
+        activation_fn(activation)  # validates the name
+        self.activation = activation
         self.convs = [keras.layers.Conv2D(depth * 2 ** i, kernel, strides=2, padding="same",
                                           use_bias=False, name=f"conv{i}",
                                           dtype=self.dtype_policy)
@@ -79,13 +82,15 @@ class ImageEncoder(keras.layers.Layer):
     def call(self, image: tf.Tensor) -> tf.Tensor:
         x, lead = _merge_lead(image_to_float(image, self.compute_dtype), 3)
         for conv, norm in zip(self.convs, self.norms):
-            x = tf.cast(norm_silu(norm, tf.cast(conv(x), "float32")), self.compute_dtype)
+            x = tf.cast(norm_act(norm, tf.cast(conv(x), "float32"), self.activation),
+                        self.compute_dtype)
         return tf.reshape(x, tf.concat([lead, [-1]], 0))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(depth=self.depth, stages=self.stages, kernel=self.kernel,
-                      norm=self.norm_kind, norm_eps=self.norm_eps)
+                      norm=self.norm_kind, norm_eps=self.norm_eps,
+                      activation=self.activation)
         return config
 
 
@@ -93,18 +98,20 @@ class ImageEncoder(keras.layers.Layer):
 class ImageDecoder(keras.layers.Layer):
     """DreamerV3's image decoder, the encoder mirrored: a Dense from ``feat`` to the
     encoder's last grid, then ``stages`` transposed convolutions of stride 2 (norm and
-    SiLU after all but the last), the last one to the image's channels.
+    ``activation`` after all but the last), the last one to the image's channels.
 
     feat [..., F] -> image [..., H, W, C] in [-0.5, 0.5] (``image / 255 - 0.5``).
     """
 
     def __init__(self, image_shape: tuple[int, int, int] | list[int], depth: int = 32,
                  stages: int = 4, kernel: int = 4, norm: str = "rms",
-                 norm_eps: float = 1e-4, **kwargs: Any) -> None:
+                 norm_eps: float = 1e-4, activation: str = "silu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.image_shape = tuple(image_shape)
         self.depth, self.stages, self.kernel = depth, stages, kernel
         self.norm_kind, self.norm_eps = norm, norm_eps
+        activation_fn(activation)  # validates the name
+        self.activation = activation
         channels = self.image_shape[-1]
         self.grid = cnn_grid(self.image_shape, depth, stages)
         self.linear = keras.layers.Dense(self.grid[0] * self.grid[1] * self.grid[2],
@@ -131,8 +138,8 @@ class ImageDecoder(keras.layers.Layer):
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i < len(self.norms):
-                x = tf.cast(norm_silu(self.norms[i], tf.cast(x, "float32")),
-                            self.compute_dtype)
+                x = tf.cast(norm_act(self.norms[i], tf.cast(x, "float32"),
+                                     self.activation), self.compute_dtype)
         return tf.reshape(tf.cast(x, "float32"),
                           tf.concat([lead, self.image_shape], 0))
 
@@ -140,7 +147,7 @@ class ImageDecoder(keras.layers.Layer):
         config = super().get_config()
         config.update(image_shape=list(self.image_shape), depth=self.depth,
                       stages=self.stages, kernel=self.kernel, norm=self.norm_kind,
-                      norm_eps=self.norm_eps)
+                      norm_eps=self.norm_eps, activation=self.activation)
         return config
 
 
@@ -168,11 +175,13 @@ class ObsEncoder(keras.layers.Layer):
         self.vector = self.image = None
         if c.vector_keys:
             self.vector = VectorEncoder(c.encoder_layers, c.hidden_size, norm=c.norm,
-                                        norm_eps=c.norm_eps, name="vector",
+                                        norm_eps=c.norm_eps, activation=c.activation,
+                                        name="vector",
                                         dtype=self.dtype_policy)
         if c.image_keys:
             self.image = ImageEncoder(c.cnn_depth, c.cnn_stages, c.cnn_kernel, c.norm,
-                                      c.norm_eps, name="image", dtype=self.dtype_policy)
+                                      c.norm_eps, c.activation, name="image",
+                                      dtype=self.dtype_policy)
         self.embed_size = (c.hidden_size if self.vector else 0) + \
             (self.image.output_size(c.image_grid) if self.image else 0)
 
@@ -216,11 +225,13 @@ class ObsDecoder(keras.layers.Layer):
         self.vector = self.image = None
         if c.vector_keys:
             self.vector = Mlp(c.decoder_layers, c.hidden_size, out_dim=c.vector_size,
-                              norm=c.norm, norm_eps=c.norm_eps, name="vector",
+                              norm=c.norm, norm_eps=c.norm_eps,
+                              activation=c.activation, name="vector",
                               dtype=self.dtype_policy)
         if c.image_keys:
             self.image = ImageDecoder(c.image_grid, c.cnn_depth, c.cnn_stages,
-                                      c.cnn_kernel, c.norm, c.norm_eps, name="image",
+                                      c.cnn_kernel, c.norm, c.norm_eps, c.activation,
+                                      name="image",
                                       dtype=self.dtype_policy)
 
     def build(self, input_shape: Any = None) -> None:
@@ -254,10 +265,12 @@ def make_reward_head(config: RssmConfig, bins: int, **kwargs: Any) -> Mlp:
     """Reward head: feat -> ``bins`` twohot logits; the output layer starts at zero,
     so the first prediction is exactly 0."""
     return Mlp(config.head_layers, config.hidden_size, out_dim=bins, zero_init=True,
-               norm=config.norm, norm_eps=config.norm_eps, name="reward_head", **kwargs)
+               norm=config.norm, norm_eps=config.norm_eps, activation=config.activation,
+               name="reward_head", **kwargs)
 
 
 def make_continue_head(config: RssmConfig, **kwargs: Any) -> Mlp:
     """Continue head: feat -> 1 Bernoulli logit (probability the episode goes on)."""
     return Mlp(config.head_layers, config.hidden_size, out_dim=1, norm=config.norm,
-               norm_eps=config.norm_eps, name="continue_head", **kwargs)
+               norm_eps=config.norm_eps, activation=config.activation,
+               name="continue_head", **kwargs)

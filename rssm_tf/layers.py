@@ -1,5 +1,9 @@
-"""Building-block layers: ``NormDense`` (Dense -> Norm -> SiLU), ``Mlp``,
+"""Building-block layers: ``NormDense`` (Dense -> Norm -> activation), ``Mlp``,
 ``BlockLinear`` and ``BlockGRU``.
+
+The activation is ``RssmConfig.activation``: ``"silu"`` (DreamerV3 paper, the default;
+its backward is fused, :func:`norm_act`) or ``"gelu"`` (tanh approximation, as
+``jax.nn.gelu``; DreamerV3's current code), looked up by :func:`activation_fn`.
 
 Norms always run in float32 (their own dtype policy), so a ``mixed_float16`` or
 ``mixed_bfloat16`` model keeps its normalisation statistics in full precision.
@@ -7,14 +11,31 @@ Norms always run in float32 (their own dtype policy), so a ``mixed_float16`` or
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from rssm_tf.config import ACTIVATIONS
 from rssm_tf.validation import check_positive_int
 
 _PACKAGE = "rssm_tf"
+
+
+def _gelu(x: tf.Tensor) -> tf.Tensor:
+    return tf.nn.gelu(x, approximate=True)
+
+
+_ACTIVATION_FNS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "silu": tf.nn.silu, "gelu": _gelu}
+
+
+def activation_fn(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The element-wise function of an activation name in ``ACTIVATIONS``."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+    return _ACTIVATION_FNS[name]
 
 
 def matmul(site: str, x: tf.Tensor, kernel: tf.Variable | tf.Tensor,
@@ -76,9 +97,10 @@ def _norm_silu_grad(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor | None,
             None if offset is None else tf.reduce_sum(dn, rows))
 
 
-def norm_silu(norm: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
-    """``silu(norm(x))`` for a :func:`make_norm` layer over the last axis of float32
-    ``x``, with its backward written out and compiled by XLA (``_norm_silu_grad``).
+def norm_act(norm: keras.layers.Layer, x: tf.Tensor, activation: str = "silu") -> tf.Tensor:
+    """``act(norm(x))`` for a :func:`make_norm` layer over the last axis of float32
+    ``x``. For SiLU the backward is written out and compiled by XLA
+    (``_norm_silu_grad``); any other activation runs the norm layer and autodiff.
 
     The forward runs the norm layer's own ops (same values), so an exported forward
     stays free of XLA-compiled functions, which TensorFlow Serving does not run by
@@ -86,6 +108,8 @@ def norm_silu(norm: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
     CPUs) autodiff of this pair is about a dozen separate passes over activations of
     up to [B*T, 32, 32, 32]; fused, the image update takes ~0.9x the time
     (README, Benchmarks)."""
+    if activation != "silu":
+        return activation_fn(activation)(norm(x))
     rms = isinstance(norm, keras.layers.RMSNormalization)
     scale = tf.convert_to_tensor(norm.scale if rms else norm.gamma)
     offset = None if rms else tf.convert_to_tensor(norm.beta)
@@ -111,7 +135,8 @@ def norm_silu(norm: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NormDense(keras.layers.Layer):
-    """``L(x) = SiLU(Norm(Dense(x)))`` with a bias-free Dense, as in DreamerV3.
+    """``L(x) = act(Norm(Dense(x)))`` with a bias-free Dense, as in DreamerV3
+    (``activation`` "silu" or "gelu").
 
     Input [..., X] -> output [..., units]. The norm (``"rms"`` or ``"layer"``, eps
     ``norm_eps``) and the activation run in float32; the output is cast back to the
@@ -119,12 +144,14 @@ class NormDense(keras.layers.Layer):
     """
 
     def __init__(self, units: int, norm: str = "rms", norm_eps: float = 1e-4,
-                 **kwargs: Any) -> None:
+                 activation: str = "silu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_positive_int("units", units)
         self.units = units
         self.norm_kind = norm
         self.norm_eps = norm_eps
+        self.activation = activation
+        self._act = activation_fn(activation)
         self.dense = keras.layers.Dense(units, use_bias=False, name="dense",
                                         dtype=self.dtype_policy)
         self.norm = make_norm(norm, norm_eps, name="norm")
@@ -137,13 +164,14 @@ class NormDense(keras.layers.Layer):
         return self.activate(self.dense(x))
 
     def activate(self, pre: tf.Tensor) -> tf.Tensor:
-        """Norm and SiLU of a pre-activation that was computed elsewhere (e.g. split)."""
-        y = tf.nn.silu(self.norm(tf.cast(pre, "float32")))
+        """Norm and activation of a pre-activation computed elsewhere (e.g. split)."""
+        y = self._act(self.norm(tf.cast(pre, "float32")))
         return tf.cast(y, self.compute_dtype)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(units=self.units, norm=self.norm_kind, norm_eps=self.norm_eps)
+        config.update(units=self.units, norm=self.norm_kind, norm_eps=self.norm_eps,
+                      activation=self.activation)
         return config
 
 
@@ -158,7 +186,7 @@ class Mlp(keras.layers.Layer):
 
     def __init__(self, layers: int, units: int, out_dim: int | None = None,
                  norm: str = "rms", norm_eps: float = 1e-4, zero_init: bool = False,
-                 **kwargs: Any) -> None:
+                 activation: str = "silu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_positive_int("layers", layers)
         check_positive_int("units", units)
@@ -170,7 +198,8 @@ class Mlp(keras.layers.Layer):
         self.norm_kind = norm
         self.norm_eps = norm_eps
         self.zero_init = zero_init
-        self.hidden = [NormDense(units, norm, norm_eps, name=f"hidden{i}",
+        self.activation = activation
+        self.hidden = [NormDense(units, norm, norm_eps, activation, name=f"hidden{i}",
                                  dtype=self.dtype_policy) for i in range(layers)]
         self.out = None
         if out_dim is not None:
@@ -197,7 +226,7 @@ class Mlp(keras.layers.Layer):
         config = super().get_config()
         config.update(layers=self.n_layers, units=self.units, out_dim=self.out_dim,
                       norm=self.norm_kind, norm_eps=self.norm_eps,
-                      zero_init=self.zero_init)
+                      zero_init=self.zero_init, activation=self.activation)
         return config
 
 
@@ -258,7 +287,7 @@ class BlockGRU(keras.layers.Layer):
     -> new memory [B, units]. With G = ``n_blocks`` > 0 and d = units / G::
 
         xg = concat(split(h, G), broadcast(x))        # [B, G, d + X]
-        y  = SiLU(Norm(BlockLinear_d(xg)))             # norm over all G*d units
+        y  = act(Norm(BlockLinear_d(xg)))              # norm over all G*d units
         r, c, u = split(BlockLinear_3d(y), 3)          # per block
         r = sigmoid(r); c = tanh(r * c); u = sigmoid(u - 1)
         h' = u * c + (1 - u) * h
@@ -277,7 +306,7 @@ class BlockGRU(keras.layers.Layer):
 
     def __init__(self, units: int, n_blocks: int = 8, norm: str = "rms",
                  norm_eps: float = 1e-4, update_bias: float = -1.0,
-                 **kwargs: Any) -> None:
+                 activation: str = "silu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_positive_int("units", units)
         if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
@@ -289,6 +318,8 @@ class BlockGRU(keras.layers.Layer):
         self.norm_kind = norm
         self.norm_eps = norm_eps
         self.update_bias = float(update_bias)
+        self.activation = activation
+        self._act = activation_fn(activation)
         self._pre_width = units if n_blocks else 3 * units
         self.norm = make_norm(norm, norm_eps, name="norm")
         if n_blocks:
@@ -333,7 +364,7 @@ class BlockGRU(keras.layers.Layer):
 
             h = blocks(h)
             pre = self.hidden.block_major(h, mm, f"{self.name}/hidden") + blocks(x_proj)
-            y = tf.nn.silu(self._norm_blocks(tf.cast(pre, "float32")))
+            y = self._act(self._norm_blocks(tf.cast(pre, "float32")))
             gates = self.gates.block_major(tf.cast(y, dtype), mm, f"{self.name}/gates")
             r, c, u = tf.split(tf.cast(gates, "float32"), 3, axis=-1)  # [G, B, d/G]
         else:
@@ -371,5 +402,6 @@ class BlockGRU(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(units=self.units, n_blocks=self.n_blocks, norm=self.norm_kind,
-                      norm_eps=self.norm_eps, update_bias=self.update_bias)
+                      norm_eps=self.norm_eps, update_bias=self.update_bias,
+                      activation=self.activation)
         return config

@@ -101,7 +101,7 @@ class Rssm(keras.layers.Layer):
         self.manual_gradient = bool(manual_gradient)
         c = config
         H, D, policy = c.hidden_size, c.deterministic_size, self.dtype_policy
-        norm = dict(norm=c.norm, norm_eps=c.norm_eps, dtype=policy)
+        norm = dict(norm=c.norm, norm_eps=c.norm_eps, activation=c.activation, dtype=policy)
         self.encoder = ObsEncoder(c, name="encoder", dtype=policy)
         self.inp_h = NormDense(H, name="inp_h", **norm)
         self.inp_z = NormDense(H, name="inp_z", **norm)

@@ -112,12 +112,12 @@ def test_invalid_layer_arguments():
 
 @pytest.mark.parametrize("kind", ["rms", "layer"])
 @pytest.mark.parametrize("compiled", [None, False, True])
-def test_norm_silu_gradient_equals_autodiff(rng, kind, compiled):
-    """The image encoder/decoder's ``norm_silu`` (written-out backward compiled by XLA):
+def test_norm_act_silu_gradient_equals_autodiff(rng, kind, compiled):
+    """The image encoder/decoder's ``norm_act`` for SiLU (written-out backward compiled by XLA):
     the same values as ``silu(norm(x))`` and the same gradients for the input and every
     norm weight as TensorFlow's autodiff of it; eagerly, as a ``tf.function`` and under
     XLA (where it is inlined)."""
-    from rssm_tf.layers import make_norm, norm_silu
+    from rssm_tf.layers import make_norm, norm_act
 
     norm = make_norm(kind, 1e-4)
     norm.build((None, 6))
@@ -130,7 +130,7 @@ def test_norm_silu_gradient_equals_autodiff(rng, kind, compiled):
         def value_and_grads():
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                y = norm_silu(norm, x) if fused else tf.nn.silu(norm(x))
+                y = norm_act(norm, x) if fused else tf.nn.silu(norm(x))
                 loss = tf.reduce_sum(y * upstream)
             return [y] + tape.gradient(loss, [x] + norm.trainable_variables)
 

@@ -370,7 +370,7 @@ def test_export_inputs_are_named_after_the_keys(multi_export):
 
 
 def test_exported_graph_has_no_xla_compiled_function(multi_export):
-    """The image norms' backward is an XLA-compiled function (layers.norm_silu);
+    """The image norms' backward is an XLA-compiled function (layers.norm_act);
     TensorFlow Serving runs such functions only behind an experimental flag, so nothing
     in the exported SavedModel may carry ``_XlaMustCompile``."""
     from tensorflow.core.protobuf import saved_model_pb2
