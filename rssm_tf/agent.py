@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from rssm_tf.collect import EpisodeRecorder, _action_codec, make_env
-from rssm_tf.data import EpisodeStore, make_dataset, save_episode
+from rssm_tf.data import make_dataset
+from rssm_tf.episodes import EpisodeStore, save_episode
 from rssm_tf.validation import check_positive_int
 
 

@@ -223,7 +223,7 @@ def read_config(text: str) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from rssm_tf.data import EpisodeStore
+    from rssm_tf.episodes import EpisodeStore
     from rssm_tf.world_model import evaluate_open_loop
 
     result = evaluate_open_loop(_load_model(args.model), EpisodeStore(args.data).load(),
@@ -243,7 +243,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_imagine(args: argparse.Namespace) -> None:
     from rssm_tf.callbacks import ImaginationCallback
-    from rssm_tf.data import EpisodeStore
+    from rssm_tf.episodes import EpisodeStore
 
     callback = ImaginationCallback(EpisodeStore(args.data).load(), Path(args.out).parent,
                                    args.context, args.horizon)

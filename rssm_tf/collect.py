@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from rssm_tf.config import IMAGE_KEY, VECTOR_KEY
-from rssm_tf.data import save_episode
+from rssm_tf.episodes import save_episode
 from rssm_tf.validation import check_positive_int
 
 

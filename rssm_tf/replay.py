@@ -6,9 +6,9 @@ read from the ``.npy`` headers inside each ``.npz`` without loading the arrays; 
 ``episode-index.json`` beside the files and updated for the files that changed), and
 reads a window's episodes when it is drawn, through a bounded cache of recently read
 episodes. The episodes are laid end to end in file-name order, as in
-:func:`rssm_tf.data.make_dataset`: a window of ``seq_len`` steps starts at a uniformly
-drawn step, may run into the next episode (its ``is_first`` marks the join) and has
-``is_first = 1`` at its first step.
+:func:`rssm_tf.data.make_dataset` (one rule, :func:`uniform_start`): a window of
+``seq_len`` steps starts at a uniformly drawn step, may run into the next episode (its
+``is_first`` marks the join) and has ``is_first = 1`` at its first step.
 
 The directory may grow while the pipeline runs: the index is refreshed at most every
 ``refresh_seconds``, so new episodes (from a collector, a planner loop, another
@@ -35,11 +35,25 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.atomic import write_atomic
-from rssm_tf.data import STEP_KEYS, EpisodeError, _pick_obs_keys, load_episode
+from rssm_tf.episodes import STEP_KEYS, EpisodeError, _pick_obs_keys, load_episode
 from rssm_tf.validation import check_positive_int
 
 INDEX_FILE = "episode-index.json"
 INDEX_VERSION = 2  # 2: every array of a file indexed (1: only obs, image, step keys)
+
+
+def uniform_start(draw: Any, total: int, seq_len: int) -> Any:
+    """The windowing rule, for both pipelines: the start of the window of ``seq_len``
+    steps that the random integer ``draw`` picks out of a stream of ``total`` steps,
+    ``draw mod (total - seq_len + 1)`` (a floor modulo for Python ints and tensors)."""
+    return draw % (total - seq_len + 1)
+
+
+def one_pass_starts(total: int, seq_len: int, seed: int | None) -> np.ndarray:
+    """The starts of one seeded pass (``repeat=False``): ``total // seq_len`` distinct
+    starts in a random order, int64."""
+    order = np.random.default_rng(seed).permutation(total - seq_len + 1)
+    return order[:total // seq_len].astype(np.int64)
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -245,12 +259,13 @@ class Replay:
         (default: now): ``draw % (total - seq_len + 1)`` (the in-memory pipeline's
         rule), or among the newest ``recent_steps`` with probability ``recent``
         (decided by ``draw``'s high bits)."""
-        draw = int(draw)  # Python's % is a floor modulo, as tf.math.floormod
-        starts = (self.total if total is None else total) - self.seq_len + 1
+        draw = int(draw)
+        total = self.total if total is None else total
         if self.recent and ((draw >> 40) % 1_000_000) < self.recent * 1_000_000:
+            starts = total - self.seq_len + 1
             window = min(starts, self.recent_steps)
             return starts - window + draw % window
-        return draw % starts
+        return uniform_start(draw, total, self.seq_len)
 
     def window(self, start: int, view: tuple | None = None) -> dict[str, np.ndarray]:
         """The ``seq_len`` steps from ``start`` of the stream, ``is_first[0] = 1``;
@@ -326,8 +341,7 @@ class Replay:
                                                           num_parallel_calls=tf.data.AUTOTUNE,
                                                           deterministic=True)
         else:
-            order = np.random.default_rng(seed).permutation(self.total - self.seq_len + 1)
-            order = order[:self.total // self.seq_len].astype(np.int64)
+            order = one_pass_starts(self.total, self.seq_len, seed)
             draws = tf.data.Dataset.from_tensor_slices(order).map(
                 lambda s: load(s, True), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
