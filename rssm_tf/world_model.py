@@ -28,12 +28,12 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.config import KlBalanceConfig, RssmConfig
-from rssm_tf.data import STEP_KEYS
+from rssm_tf.episodes import STEP_KEYS
 from rssm_tf.heads import ObsDecoder, image_to_float
 from rssm_tf.latents import uniform_at
 from rssm_tf.losses import TwohotEncoder, categorical_entropy, kl_balanced_loss
 from rssm_tf.math import symexp, symlog
-from rssm_tf.rssm import Rssm, swap_bt
+from rssm_tf.rssm import Rssm, RssmState, swap_bt
 from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
 
 METRIC_NAMES = ("loss", "rec", "rew", "con", "dyn", "rep", "kl", "prior_ent",
@@ -47,6 +47,15 @@ def op_determinism_enabled() -> bool:
     from tensorflow.python.framework import config as tf_config
 
     return bool(tf_config.is_op_determinism_enabled())
+
+
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` spans several workers: a MultiWorkerMirroredStrategy whose
+    public ``cluster_resolver`` names more than one chief or worker task."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    jobs = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, ())) for job in ("chief", "worker")) > 1
 
 
 def default_optimizer() -> keras.optimizers.Optimizer:
@@ -152,7 +161,7 @@ class WorldModel(keras.Model):
         super().compile(optimizer=optimizer or default_optimizer(),
                         jit_compile=self.xla and replicated, **kwargs)
         with self.distribute_strategy.scope():
-            self.optimizer.build(self.trainable_variables)
+            self.optimizer.build(self._world_variables())
 
     # Keras wraps the whole train/test/predict step in tf.function(jit_compile=
     # model.jit_compile). Here the XLA part is the update inside the step (``xla``),
@@ -221,7 +230,7 @@ class WorldModel(keras.Model):
         """Builds the optimiser if it is not built yet; never touches the data."""
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
+                self.optimizer.build(self._world_variables())
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
         """Re-compiles a loaded model with its saved optimiser (``.keras`` loading)."""
@@ -288,6 +297,11 @@ class WorldModel(keras.Model):
         """:meth:`compute_losses` on a time-major batch ([T, B, ...] each, ``noise``
         [T, B, S, K]): the RSSM's loop runs time-major and every loss term is a mean,
         so no activation is transposed."""
+        return self._time_major_pass(batch, noise)[:2]
+
+    def _time_major_pass(self, batch: dict[str, tf.Tensor], noise: tf.Tensor | None
+                         ) -> tuple[tf.Tensor, dict[str, tf.Tensor], RssmState]:
+        """:meth:`_time_major_losses` and the posterior states [T, B, ...]."""
         state = self.rssm.initial_state(tf.shape(batch["action"])[1])
         states, post, prior = self.rssm.observe_time_major(
             self._obs(batch), batch["action"], batch["is_first"], state, noise)
@@ -307,7 +321,7 @@ class WorldModel(keras.Model):
                 "rep": tf.reduce_mean(kl.rep), "kl": tf.reduce_mean(kl.kl),
                 "prior_ent": tf.reduce_mean(categorical_entropy(prior)),
                 "post_ent": tf.reduce_mean(categorical_entropy(post))}
-        return loss, logs
+        return loss, logs, states
 
     def _training_noise(self, batch: dict[str, tf.Tensor]) -> tf.Tensor:
         """Uniform noise for the posterior samples of this step, time-major
@@ -343,9 +357,8 @@ class WorldModel(keras.Model):
         averages step outputs by ``strategy.reduce("MEAN", v, axis=0)``, which fails on
         scalars (tensorflow/tensorflow#72388); there each gets a leading axis of 1, and
         the reduction gives scalars back."""
-        extended = self.distribute_strategy.extended
-        multi_worker = getattr(extended, "_in_multi_worker_mode", lambda: False)()
-        return {k: tf.reshape(v, [1]) for k, v in logs.items()} if multi_worker else logs
+        multi = _multi_worker(self.distribute_strategy)
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()} if multi else logs
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.validate_batch(data)  # outside XLA, so the checks really run
@@ -353,14 +366,23 @@ class WorldModel(keras.Model):
 
     def _update(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Loss, gradients, optimiser step and metrics for a checked batch."""
-        batch = {k: swap_bt(v) for k, v in batch.items()}  # time-major from here on
+        return self._world_update({k: swap_bt(v) for k, v in batch.items()})[0]
+
+    def _world_variables(self) -> list:
+        """The variables the world-model optimiser trains."""
+        return self.trainable_variables
+
+    def _world_update(self, batch: dict[str, tf.Tensor]
+                      ) -> tuple[dict[str, tf.Tensor], RssmState]:
+        """:meth:`_update` on a time-major batch; also returns the posterior states
+        [T, B, ...] (for a subclass that imagines from them)."""
         noise = self._training_noise(batch)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss, logs = self._time_major_losses(batch, noise)
+            loss, logs, states = self._time_major_pass(batch, noise)
             # Gradients are summed over replicas: scale as Keras' own losses do.
             scaled = self.optimizer.scale_loss(loss / replicas)
-        variables = self.trainable_variables
+        variables = self._world_variables()
         grads = tape.gradient(scaled, variables)
         # The norm of this replica's gradient of the (unscaled) loss.
         grad_norm = tf.linalg.global_norm(grads) * replicas
@@ -374,7 +396,7 @@ class WorldModel(keras.Model):
                                                 sample_weight=tf.cast(finite, tf.float32))
         logs = self._update_trackers(logs)
         logs["grad_norm"] = self.trackers["grad_norm"].result()
-        return logs
+        return logs, states
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.validate_batch(data)
