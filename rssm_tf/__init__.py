@@ -10,11 +10,17 @@ Any dict of observations (DreamerV3's ``obs_space``): ``RssmConfig(obs_space={"j
 (7,), "camera": (64, 64, 3)}, action_dim=2)`` and ``obs={"joints": [B, 7] floats,
 "camera": [B, 64, 64, 3] uint8}``. ``obs_dim`` and ``image_shape`` are the short forms
 of one vector key ``"obs"`` and one image key ``"image"``.
+
+The agent: ``Dreamer(RssmConfig(...), BehaviorConfig(discrete=True))`` is a world model
+that also trains an actor and a critic in imagination under ``fit``;
+``ActorPolicy(model)`` acts with it.
 """
 
+from rssm_tf.behavior import Actor, Critic, ReturnNormalizer, lambda_returns
 from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
-from rssm_tf.config import KlBalanceConfig, RssmConfig
+from rssm_tf.config import BehaviorConfig, KlBalanceConfig, RssmConfig
 from rssm_tf.data import EpisodeStore, load_episode, make_dataset, save_episode
+from rssm_tf.dreamer import ActorPolicy, Dreamer
 from rssm_tf.heads import ImageDecoder, ImageEncoder, ObsDecoder, ObsEncoder, VectorEncoder
 from rssm_tf.latents import latent_distribution, mix_logits, sample_latent
 from rssm_tf.layers import BlockGRU, BlockLinear, Mlp, NormDense
@@ -35,6 +41,8 @@ from rssm_tf.world_model import WorldModel, evaluate_open_loop
 __version__ = "0.1.0"
 
 __all__ = [
+    "Actor", "ActorPolicy", "BehaviorConfig", "Critic", "Dreamer", "ReturnNormalizer",
+    "lambda_returns",
     "AtomicModelCheckpoint", "EpisodeStore", "ImaginationCallback", "NonFiniteGuard",
     "Planner", "PlannerConfig", "Replay", "WorldModel", "evaluate_open_loop", "load_episode",
     "load_world_model", "make_dataset",

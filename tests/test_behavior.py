@@ -1,0 +1,342 @@
+"""Behavior learning: lambda-returns, the percentile normaliser, the slow critic, the
+actors, the imagination rollout and where gradients go, against hand-computed values
+and independent loops; the Dreamer model's update under fit, compiled vs eager, and a
+.keras round trip that resumes bit-identically."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rssm_tf import (
+    Actor,
+    BehaviorConfig,
+    Critic,
+    Dreamer,
+    ReturnNormalizer,
+    Rssm,
+    RssmConfig,
+    lambda_returns,
+)
+from rssm_tf.behavior import (
+    Trajectory,
+    behavior_losses,
+    imagine,
+    percentile,
+    trajectory_weight,
+    update_slow,
+)
+from rssm_tf.rssm import RssmState
+from rssm_tf.saving import load_world_model, save_world_model
+
+CONFIG = RssmConfig(obs_dim=3, action_dim=2, deterministic_size=16, n_categories=4,
+                    n_classes=4, hidden_size=16, n_blocks=2)
+SMALL = BehaviorConfig(layers=1, units=16, horizon=4)
+
+
+def test_lambda_returns_by_hand():
+    """H = 2, discount 0.9, lambda 0.5: R_2 = v_2 = 20;
+    R_1 = 2 + 0.9 * 0.5 * (0.5 * 20 + 0.5 * 20) = 11;
+    R_0 = 1 + 0.9 * 1 * (0.5 * 10 + 0.5 * 11) = 10.45."""
+    reward = tf.constant([[99.0], [1.0], [2.0]])  # reward[0] (arriving at s_0) unused
+    cont = tf.constant([[0.0], [1.0], [0.5]])  # so is cont[0]
+    value = tf.constant([[99.0], [10.0], [20.0]])
+    ret = lambda_returns(reward, cont, value, 0.9, 0.5)
+    np.testing.assert_allclose(ret.numpy()[:, 0], [10.45, 11.0], rtol=1e-6)
+
+
+def test_lambda_returns_match_a_plain_loop(rng):
+    h, n, g, lam = 6, 5, 0.97, 0.8
+    r, c, v = rng.normal(size=(h + 1, n)), rng.uniform(size=(h + 1, n)), rng.normal(size=(h + 1, n))
+    expected = np.zeros((h, n))
+    after = v[h]
+    for t in reversed(range(h)):
+        after = r[t + 1] + g * c[t + 1] * ((1 - lam) * v[t + 1] + lam * after)
+        expected[t] = after
+    ret = lambda_returns(r.astype("f"), c.astype("f"), v.astype("f"), g, lam)
+    np.testing.assert_allclose(ret.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # lambda 0 is the one-step target, lambda 1 the discounted sum plus the last value
+    one = lambda_returns(r.astype("f"), c.astype("f"), v.astype("f"), g, 0.0).numpy()
+    np.testing.assert_allclose(one, r[1:] + g * c[1:] * v[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_trajectory_weight_by_hand():
+    w = trajectory_weight(tf.constant([1.0, 0.5, 0.5]), 0.9).numpy()
+    np.testing.assert_allclose(w, [1.0, 0.45, 0.2025], rtol=1e-6)
+
+
+def test_percentile_is_numpys(rng):
+    x = rng.normal(size=(7, 13)).astype("f")
+    for q in (0.0, 5.0, 37.5, 95.0, 100.0):
+        np.testing.assert_allclose(percentile(tf.constant(x), q).numpy(),
+                                   np.percentile(x, q), rtol=1e-6, atol=1e-6)
+
+
+def test_return_normaliser_debiased_ema_and_floor():
+    """First update: the batch's own percentiles (debiased); second: the EMAs over
+    their debiasing ``r (2 - r)``; a narrow spread is floored at the limit."""
+    norm = ReturnNormalizer(rate=0.1, limit=1.0, low=5.0, high=95.0)
+    a = tf.constant(np.linspace(0.0, 100.0, 101), tf.float32)  # P5 = 5, P95 = 95
+    norm.update(a)
+    lo, scale = norm.stats()
+    np.testing.assert_allclose([lo.numpy(), scale.numpy()], [5.0, 90.0], rtol=1e-5)
+    norm.update(a * 2.0)  # P5 = 10, P95 = 190
+    lo, scale = norm.stats()
+    corr = 0.1 * 1.9
+    np.testing.assert_allclose(lo.numpy(), (0.9 * 0.1 * 5 + 0.1 * 10) / corr, rtol=1e-5)
+    np.testing.assert_allclose(scale.numpy(), (0.9 * 0.1 * 90 + 0.1 * 180) / corr, rtol=1e-5)
+    narrow = ReturnNormalizer(rate=0.1, limit=1.0)
+    narrow.update(tf.constant([0.1, 0.2, 0.3]))
+    assert float(narrow.stats()[1]) == 1.0
+
+
+def _zero_output(actor):
+    actor.net.out.kernel.assign(tf.zeros_like(actor.net.out.kernel))
+
+
+def test_discrete_actor_by_hand():
+    """Zero outputs: probabilities 1/A whatever the unimix; a biased output gives
+    (1 - u) softmax + u / A; Gumbel-max picks the class the noise favours."""
+    actor = Actor(CONFIG, BehaviorConfig(layers=1, units=8, unimix=0.01))
+    _zero_output(actor)
+    feat = tf.zeros([1, CONFIG.feat_size])
+    params = actor(feat)
+    np.testing.assert_allclose(np.exp(params.numpy()), [[0.5, 0.5]], rtol=1e-6)
+    np.testing.assert_allclose(actor.entropy(params).numpy(), [math.log(2)], rtol=1e-6)
+    actor.net.out.bias.assign([2.0, 0.0])
+    params = actor(feat)
+    soft = np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum()
+    probs = 0.99 * soft + 0.005
+    np.testing.assert_allclose(actor.log_prob(params, [[0.0, 1.0]]).numpy(),
+                               [math.log(probs[1])], rtol=1e-5)
+    np.testing.assert_allclose(actor.entropy(params).numpy(),
+                               [-(probs * np.log(probs)).sum()], rtol=1e-5)
+    np.testing.assert_array_equal(actor.mode(params).numpy(), [[1.0, 0.0]])
+    # noise that makes class 1's Gumbel term far larger: -log(-log(0.999999)) ~ 13.8
+    np.testing.assert_array_equal(actor.sample(params, [[1e-6, 1 - 1e-6]]).numpy(),
+                                  [[0.0, 1.0]])
+
+
+def test_continuous_actor_by_hand():
+    """Zero outputs: mean tanh(0) = 0, std (1 - 0.1) sigmoid(2) + 0.1; log-prob and
+    entropy of the normal summed over the two dimensions."""
+    actor = Actor(CONFIG, BehaviorConfig(discrete=False, layers=1, units=8))
+    _zero_output(actor)
+    params = actor(tf.zeros([1, CONFIG.feat_size]))
+    std = 0.9 / (1 + math.exp(-2.0)) + 0.1
+    np.testing.assert_allclose(params.numpy(), [[0.0, 0.0, std, std]], rtol=1e-6)
+    a = np.array([[0.5, -0.25]], "float32")
+    logp = sum(-0.5 * (x / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+               for x in a[0])
+    np.testing.assert_allclose(actor.log_prob(params, a).numpy(), [logp], rtol=1e-5)
+    ent = 2 * (0.5 + 0.5 * math.log(2 * math.pi) + math.log(std))
+    np.testing.assert_allclose(actor.entropy(params).numpy(), [ent], rtol=1e-5)
+    np.testing.assert_allclose(actor.sample(params, [[1.0, -2.0]]).numpy(),
+                               [[std, -2 * std]], rtol=1e-6)
+    np.testing.assert_array_equal(actor.mode(params).numpy(), [[0.0, 0.0]])
+
+
+def test_slow_critic_update_is_the_ema():
+    critic, slow = Critic(CONFIG, SMALL), Critic(CONFIG, SMALL, trainable=False)
+    before = [w.numpy() for w in slow.weights]
+    update_slow(slow, critic, 0.02)
+    for s0, s1, c in zip(before, slow.weights, critic.weights):
+        np.testing.assert_allclose(s1.numpy(), 0.98 * s0 + 0.02 * c.numpy(), rtol=1e-6,
+                                   atol=1e-7)
+    assert float(tf.reduce_sum(critic(tf.ones([1, CONFIG.feat_size])))) == 0.0  # zero init
+
+
+def _rollout_parts(behavior=SMALL):
+    rssm = Rssm(CONFIG, seed=0)
+    actor = Actor(CONFIG, behavior)
+    rng = np.random.default_rng(3)
+    n, h = 5, behavior.horizon
+    start = RssmState(tf.constant(rng.normal(size=(n, 16)), tf.float32),
+                      tf.reshape(tf.one_hot(rng.integers(0, 4, (n, 4)), 4), [n, 16]))
+    a_noise = rng.uniform(0.01, 0.99, size=(h, n, 2)).astype("f")
+    z_noise = rng.uniform(0.01, 0.99, size=(h, n, 4, 4)).astype("f")
+    return rssm, actor, start, a_noise, z_noise
+
+
+def test_imagine_matches_a_loop_of_imagine_steps():
+    rssm, actor, start, a_noise, z_noise = _rollout_parts()
+    traj = imagine(rssm, actor, start.h, start.z, a_noise, z_noise)
+    state = start
+    for t in range(SMALL.horizon):
+        action = actor.sample(actor(tf.concat([state.h, state.z], -1)), a_noise[t])
+        np.testing.assert_array_equal(traj.action[t].numpy(), action.numpy())
+        state = rssm.imagine_step(state, action, noise=z_noise[t])
+        np.testing.assert_allclose(traj.h[t + 1].numpy(), state.h.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(traj.z[t + 1].numpy(), state.z.numpy())
+    assert traj.h.shape == (SMALL.horizon + 1, 5, 16)
+
+
+def test_gradients_reach_only_the_actor_and_the_critic():
+    """No behavior loss reaches the world model (its heads included); the actor's loss
+    trains only the actor, the critic's only the critic; the slow critic and the
+    return targets carry none."""
+    rssm, actor, start, a_noise, z_noise = _rollout_parts()
+    critic, slow = Critic(CONFIG, SMALL), Critic(CONFIG, SMALL, trainable=False)
+    rng = np.random.default_rng(0)
+    for layer in (critic, slow, rssm.reward_head):  # non-zero outputs everywhere
+        layer.weights[-2].assign(rng.normal(size=layer.weights[-2].shape) * 0.1)
+    norm = ReturnNormalizer()
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(slow.weights)  # not trainable: watched, so a gradient would show
+        traj = imagine(rssm, actor, start.h, start.z, a_noise, z_noise)
+        losses = behavior_losses(rssm, actor, critic, slow, norm, traj, SMALL)
+
+    def grads(loss, layer):
+        return [g for g in tape.gradient(loss, layer.weights) if g is not None]
+
+    for loss in (losses.actor, losses.critic):
+        assert grads(loss, rssm) == []
+        assert grads(loss, slow) == []
+    assert grads(losses.actor, critic) == [] and grads(losses.critic, actor) == []
+    assert max(float(tf.reduce_max(tf.abs(g))) for g in grads(losses.actor, actor)) > 0
+    assert max(float(tf.reduce_max(tf.abs(g))) for g in grads(losses.critic, critic)) > 0
+
+
+def test_policy_gradient_raises_the_log_prob_of_better_actions():
+    """REINFORCE direction: with a reward that pays only for action 0 at every step, a
+    gradient step on the actor's loss makes action 0 more likely."""
+    rssm, actor, start, a_noise, z_noise = _rollout_parts()
+    critic, slow = Critic(CONFIG, SMALL), Critic(CONFIG, SMALL, trainable=False)
+    traj = imagine(rssm, actor, start.h, start.z, a_noise, z_noise)
+
+    class PaysForActionZero:
+        """Stands in for the reward head: reward 1 on arriving after action 0."""
+
+        def __init__(self, actions):
+            first = tf.zeros_like(actions[:1, :, 0])
+            self.reward = tf.concat([first, actions[..., 0]], 0)
+
+        def predict_reward(self, h, z):
+            return self.reward
+
+        def decode_reward(self, reward):
+            return reward
+
+        def predict_continue(self, h, z):
+            return tf.fill(tf.concat([tf.shape(h)[:-1], [1]], 0), 20.0)
+
+    fake = PaysForActionZero(traj.action)
+    feat = tf.concat([start.h, start.z], -1)
+    before = float(tf.reduce_mean(tf.exp(actor(feat)[:, 0])))
+    with tf.GradientTape() as tape:
+        loss = behavior_losses(fake, actor, critic, slow, ReturnNormalizer(), traj,
+                               SMALL).actor
+    grads = tape.gradient(loss, actor.trainable_variables)
+    keras.optimizers.SGD(1.0).apply(grads, actor.trainable_variables)
+    assert float(tf.reduce_mean(tf.exp(actor(feat)[:, 0]))) > before
+
+
+def sine_batches(n, b=3, t=6, seed=0, discrete=True):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        action = np.eye(2, dtype="f")[rng.integers(0, 2, (b, t))] if discrete else \
+            rng.uniform(-1, 1, (b, t, 2)).astype("f")
+        phase = rng.uniform(0, 6, size=(b, 1))
+        steps = np.arange(t)[None]
+        obs = np.stack([np.sin(phase + 0.3 * steps), np.cos(phase + 0.3 * steps),
+                        np.cumsum(action[..., 0], 1) * 0.1], -1).astype("float32")
+        first = np.zeros((b, t), "float32")
+        first[:, 0] = 1
+        out.append({"obs": obs, "action": action, "reward": obs[..., 0].copy(),
+                    "is_first": first, "is_terminal": np.zeros((b, t), "float32")})
+    return out
+
+
+def _dataset(batches):
+    return tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([b[k] for b in batches]) for k in batches[0]})
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_dreamer_fit_logs_behavior_metrics_and_updates_the_slow_critic(discrete):
+    behavior = BehaviorConfig(discrete=discrete, layers=1, units=16, horizon=3,
+                              slow_every=2)
+    model = Dreamer(CONFIG, behavior, action_low=-2.0, action_high=2.0, seed=1)
+    model.compile()
+    slow0 = [w.numpy() for w in model.slow_critic.weights]
+    history = model.fit(_dataset(sine_batches(1, discrete=discrete)), epochs=1, verbose=0)
+    logs = {k: v[-1] for k, v in history.history.items()}
+    assert set(model.metric_names) <= set(logs)
+    assert all(np.isfinite(v) for v in logs.values())
+    # slow_every=2: the first update mixes in 2% of the critic after its step
+    critic1 = [w.numpy() for w in model.critic.weights]
+    for s0, s1, c1 in zip(slow0, model.slow_critic.weights, critic1):
+        np.testing.assert_allclose(s1.numpy(), 0.98 * s0 + 0.02 * c1, rtol=1e-5, atol=1e-7)
+    slow1 = [w.numpy() for w in model.slow_critic.weights]
+    model.fit(_dataset(sine_batches(1, seed=1, discrete=discrete)), epochs=1, verbose=0)
+    for s1, s2 in zip(slow1, model.slow_critic.weights):  # the second does not
+        np.testing.assert_array_equal(s1, s2.numpy())
+    assert int(model.actor_optimizer.iterations) == 2 == int(model.optimizer.iterations)
+    action = model.act(tf.zeros([2, 16]), tf.zeros([2, 16]))
+    if discrete:
+        np.testing.assert_array_equal(action.numpy().sum(-1), [1.0, 1.0])
+    else:
+        assert np.all(np.abs(action.numpy()) <= 2.0)
+
+
+def test_dreamer_update_compiled_equals_eager():
+    """The same update under XLA and eagerly (a tf.function without XLA), from the
+    same weights: every weight within float32 rounding."""
+    batches = sine_batches(2)
+    results = []
+    for jit in (True, False):
+        keras.utils.set_random_seed(4)
+        model = Dreamer(CONFIG, SMALL, seed=2)
+        model.compile(jit_compile=jit)
+        model.fit(_dataset(batches), epochs=1, verbose=0)
+        results.append(model.get_weights())
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dreamer_keras_round_trip_resumes_bit_identically(tmp_path, op_determinism):
+    batches = sine_batches(4)
+
+    def fit(model, part):
+        model.fit(_dataset(part), epochs=1, verbose=0)
+
+    keras.utils.set_random_seed(1)
+    straight = Dreamer(CONFIG, SMALL, seed=5)
+    straight.compile()
+    fit(straight, batches)
+
+    keras.utils.set_random_seed(1)
+    first = Dreamer(CONFIG, SMALL, seed=5)
+    first.compile()
+    fit(first, batches[:2])
+    resumed = load_world_model(save_world_model(first, tmp_path / "agent.keras"))
+    assert isinstance(resumed, Dreamer) and resumed.behavior == SMALL
+    assert int(resumed.actor_optimizer.iterations) == 2
+    for a, b in zip(first.weights, resumed.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    for opt in ("optimizer", "actor_optimizer", "critic_optimizer"):
+        for a, b in zip(getattr(first, opt).variables, getattr(resumed, opt).variables):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    fit(resumed, batches[2:])
+    for a, b in zip(straight.weights, resumed.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("horizon", 0, "horizon"), ("discount", 1.5, "discount"), ("unimix", 1.0, "unimix"),
+    ("max_std", 0.05, "max_std"), ("return_low", 96.0, "return_low"),
+    ("units", -1, "units"), ("discrete", 1, "discrete"), ("actor_lr", 0.0, "actor_lr"),
+])
+def test_behavior_config_names_the_bad_field(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        BehaviorConfig(**{field: value})
+    assert BehaviorConfig.from_dict(BehaviorConfig().to_dict()) == BehaviorConfig()
+    assert abs(BehaviorConfig().discount - (1 - 1 / 333)) < 1e-12
+
+
+def test_trajectory_feat_is_h_then_z():
+    traj = Trajectory(tf.ones([2, 1, 3]), tf.zeros([2, 1, 2]), tf.zeros([1, 1, 2]))
+    np.testing.assert_array_equal(traj.feat().numpy()[0, 0], [1, 1, 1, 0, 0])
