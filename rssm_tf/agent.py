@@ -10,6 +10,8 @@ and ``obs_keys``: :class:`rssm_tf.planning.Planner` (Keras) or
 
 :func:`train_with_planner` alternates collecting episodes with the planner and refitting
 the model on all data so far (PlaNet's loop, with DreamerV3's world model).
+:func:`train_agent` is DreamerV3's loop with a :class:`~rssm_tf.Dreamer`: collect with
+its actor, train at a ``train_ratio``, evaluate, checkpoint and resume.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rssm_tf.atomic import write_atomic
 from rssm_tf.collect import EpisodeRecorder, _action_codec, make_env
 from rssm_tf.data import make_dataset
 from rssm_tf.episodes import EpisodeStore, save_episode
@@ -146,3 +150,109 @@ def train_with_planner(model: Any, planner: Any, env_id: str, directory: str | o
                 f"{stored} episodes, collect {entry['collect_seconds']}s, "
                 f"fit {entry['fit_seconds']}s")
     return history
+
+
+def action_bounds(env_id: str) -> tuple[bool, int, float, float]:
+    """``(discrete, action_dim, low, high)`` of an environment's action space; a Box
+    must have the same bounds in every dimension (what :class:`~rssm_tf.Dreamer` maps
+    onto)."""
+    from gymnasium import spaces
+
+    env, _ = make_env(env_id)
+    try:
+        space = env.action_space
+    finally:
+        env.close()
+    if isinstance(space, spaces.Discrete):
+        return True, int(space.n), -1.0, 1.0
+    low, high = np.unique(space.low), np.unique(space.high)
+    if len(low) != 1 or len(high) != 1 or not np.all(np.isfinite([low, high])):
+        raise ValueError(f"{env_id}: a Dreamer maps actions onto one finite [low, high] "
+                         f"for every dimension; this space has low={space.low}, "
+                         f"high={space.high}")
+    return False, int(np.prod(space.shape)), float(low[0]), float(high[0])
+
+
+def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps: int,
+                train_ratio: float = 64.0, episodes_per_round: int = 4,
+                batch_size: int = 16, seq_len: int = 64, eval_every: int = 5000,
+                eval_episodes: int = 10, checkpoint: str | os.PathLike | None = None,
+                seed: int = 0, max_steps: int | None = None,
+                log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+    """DreamerV3's loop with a :class:`~rssm_tf.Dreamer`: collect episodes with the
+    actor (sampled) into ``directory``, train at ``train_ratio`` replayed steps per
+    environment step, evaluate the actor's mode every ``eval_every`` environment
+    steps on ``eval_episodes`` episodes, until ``env_steps`` environment steps.
+
+    Collection and training alternate in rounds of ``episodes_per_round`` episodes
+    (run in lockstep): after a round of S new steps, ``S * train_ratio / (batch_size *
+    seq_len)`` updates on windows of everything collected so far (the actor's first
+    rounds, from its near-uniform initial policy, are the random prefill).
+    ``checkpoint`` (a ``.keras`` path): the model is saved there atomically after
+    every round with the loop's progress beside it (``<checkpoint>.json``); a run
+    started again with the same arguments resumes from both. Returns the evaluations:
+    ``env_steps``, ``mean_return``, ``std_return``, ``returns``, ``seconds``.
+    """
+    import json
+
+    from rssm_tf.dreamer import ActorPolicy
+    from rssm_tf.saving import load_world_model, save_world_model
+
+    check_positive_int("env_steps", env_steps)
+    for name, value in (("episodes_per_round", episodes_per_round),
+                        ("batch_size", batch_size), ("seq_len", seq_len),
+                        ("eval_every", eval_every), ("eval_episodes", eval_episodes)):
+        check_positive_int(name, value)
+    if not isinstance(train_ratio, (int, float)) or not train_ratio > 0:
+        raise ValueError(f"train_ratio must be > 0, got {train_ratio!r}")
+    progress = {"env_steps": 0, "round": 0, "updates": 0, "debt": 0.0, "evals": [],
+                "seconds": 0.0}
+    state_path = None if checkpoint is None else Path(str(checkpoint) + ".json")
+    if state_path is not None and state_path.exists() and Path(checkpoint).exists():
+        progress = json.loads(state_path.read_text())
+        model = load_world_model(checkpoint)
+        if log is not None:
+            log(f"[{env_id}] resumed from {checkpoint} at {progress['env_steps']} steps")
+    next_eval = (progress["env_steps"] // eval_every + 1) * eval_every
+    per_update = batch_size * seq_len
+    start = time.time() - progress["seconds"]
+    while progress["env_steps"] < env_steps:
+        index = progress["round"]
+        got = run_episodes(env_id, ActorPolicy(model, sample=True, seed=seed + index),
+                           episodes_per_round, seed=seed + 1000 * (index + 1),
+                           directory=directory, prefix=f"agent{index:05d}",
+                           max_steps=max_steps)
+        new_steps = sum(r["length"] for r in got)
+        progress["env_steps"] += new_steps
+        progress["debt"] += new_steps * train_ratio / per_update
+        updates = int(progress["debt"])
+        progress["stored"] = progress.get("stored", 0) + sum(r["length"] + 1 for r in got)
+        if updates and progress["stored"] >= seq_len:
+            progress["debt"] -= updates
+            data = make_dataset(directory, batch_size, seq_len, seed=seed + index,
+                                obs_keys=model.config.obs_keys)
+            fit = model.fit(data, epochs=1, steps_per_epoch=updates, verbose=0)
+            progress["updates"] += updates
+            progress["last_logs"] = {k: float(v[-1]) for k, v in fit.history.items()}
+        progress["round"] = index + 1
+        if progress["env_steps"] >= next_eval or progress["env_steps"] >= env_steps:
+            next_eval = (progress["env_steps"] // eval_every + 1) * eval_every
+            evaluation = run_episodes(env_id, ActorPolicy(model, sample=False),
+                                      eval_episodes, seed=10_000_000 + seed,
+                                      max_steps=max_steps)
+            returns = [r["return"] for r in evaluation]
+            entry = {"env_steps": progress["env_steps"], "updates": progress["updates"],
+                     "mean_return": float(np.mean(returns)),
+                     "std_return": float(np.std(returns)),
+                     "returns": [float(r) for r in returns],
+                     "seconds": round(time.time() - start, 1)}
+            progress["evals"].append(entry)
+            if log is not None:
+                log(f"[{env_id}] {entry['env_steps']} steps, {entry['updates']} updates, "
+                    f"{entry['seconds']}s: eval return {entry['mean_return']:.1f} "
+                    f"+- {entry['std_return']:.1f}")
+        progress["seconds"] = time.time() - start
+        if checkpoint is not None:
+            save_world_model(model, checkpoint)
+            write_atomic(state_path, json.dumps(progress).encode())
+    return progress["evals"]
