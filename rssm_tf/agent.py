@@ -177,7 +177,7 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
                 train_ratio: float = 64.0, episodes_per_round: int = 4,
                 batch_size: int = 16, seq_len: int = 64, eval_every: int = 5000,
                 eval_episodes: int = 10, checkpoint: str | os.PathLike | None = None,
-                seed: int = 0, max_steps: int | None = None,
+                checkpoint_rounds: int = 10, seed: int = 0, max_steps: int | None = None,
                 log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
     """DreamerV3's loop with a :class:`~rssm_tf.Dreamer`: collect episodes with the
     actor (sampled) into ``directory``, train at ``train_ratio`` replayed steps per
@@ -188,9 +188,11 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
     (run in lockstep): after a round of S new steps, ``S * train_ratio / (batch_size *
     seq_len)`` updates on windows of everything collected so far (the actor's first
     rounds, from its near-uniform initial policy, are the random prefill).
-    ``checkpoint`` (a ``.keras`` path): the model is saved there atomically after
-    every round with the loop's progress beside it (``<checkpoint>.json``); a run
-    started again with the same arguments resumes from both. Returns the evaluations:
+    ``checkpoint`` (a ``.keras`` path): the model is saved there atomically every
+    ``checkpoint_rounds`` rounds and at every evaluation, with the loop's progress
+    beside it (``<checkpoint>.json``); a run started again with the same arguments
+    resumes from both (the rounds after the last save are collected again, into new
+    files: the episodes already written stay and are trained on). Returns the evaluations:
     ``env_steps``, ``mean_return``, ``std_return``, ``returns``, ``seconds``.
     """
     import json
@@ -201,7 +203,8 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
     check_positive_int("env_steps", env_steps)
     for name, value in (("episodes_per_round", episodes_per_round),
                         ("batch_size", batch_size), ("seq_len", seq_len),
-                        ("eval_every", eval_every), ("eval_episodes", eval_episodes)):
+                        ("eval_every", eval_every), ("eval_episodes", eval_episodes),
+                        ("checkpoint_rounds", checkpoint_rounds)):
         check_positive_int(name, value)
     if not isinstance(train_ratio, (int, float)) or not train_ratio > 0:
         raise ValueError(f"train_ratio must be > 0, got {train_ratio!r}")
@@ -210,17 +213,21 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
     state_path = None if checkpoint is None else Path(str(checkpoint) + ".json")
     if state_path is not None and state_path.exists() and Path(checkpoint).exists():
         progress = json.loads(state_path.read_text())
+        progress["resumes"] = progress.get("resumes", 0) + 1
         model = load_world_model(checkpoint)
         if log is not None:
             log(f"[{env_id}] resumed from {checkpoint} at {progress['env_steps']} steps")
     next_eval = (progress["env_steps"] // eval_every + 1) * eval_every
     per_update = batch_size * seq_len
+    # compiled once for the run; the collector's noise is reseeded every round
+    collector, evaluator = ActorPolicy(model, sample=True), ActorPolicy(model, sample=False)
     start = time.time() - progress["seconds"]
     while progress["env_steps"] < env_steps:
         index = progress["round"]
-        got = run_episodes(env_id, ActorPolicy(model, sample=True, seed=seed + index),
-                           episodes_per_round, seed=seed + 1000 * (index + 1),
-                           directory=directory, prefix=f"agent{index:05d}",
+        collector.rng = np.random.default_rng(seed + index)
+        got = run_episodes(env_id, collector, episodes_per_round, seed=seed + 1000 * (index + 1),
+                           directory=directory,
+                           prefix=f"agent{index:05d}-{progress.get('resumes', 0)}",
                            max_steps=max_steps)
         new_steps = sum(r["length"] for r in got)
         progress["env_steps"] += new_steps
@@ -235,10 +242,11 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
             progress["updates"] += updates
             progress["last_logs"] = {k: float(v[-1]) for k, v in fit.history.items()}
         progress["round"] = index + 1
-        if progress["env_steps"] >= next_eval or progress["env_steps"] >= env_steps:
+        done = progress["env_steps"] >= env_steps
+        evaluate = progress["env_steps"] >= next_eval or done
+        if evaluate:
             next_eval = (progress["env_steps"] // eval_every + 1) * eval_every
-            evaluation = run_episodes(env_id, ActorPolicy(model, sample=False),
-                                      eval_episodes, seed=10_000_000 + seed,
+            evaluation = run_episodes(env_id, evaluator, eval_episodes, seed=10_000_000 + seed,
                                       max_steps=max_steps)
             returns = [r["return"] for r in evaluation]
             entry = {"env_steps": progress["env_steps"], "updates": progress["updates"],
@@ -252,7 +260,7 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
                     f"{entry['seconds']}s: eval return {entry['mean_return']:.1f} "
                     f"+- {entry['std_return']:.1f}")
         progress["seconds"] = time.time() - start
-        if checkpoint is not None:
+        if checkpoint is not None and (evaluate or index % checkpoint_rounds == 0):
             save_world_model(model, checkpoint)
             write_atomic(state_path, json.dumps(progress).encode())
     return progress["evals"]

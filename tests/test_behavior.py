@@ -3,6 +3,7 @@ actors, the imagination rollout and where gradients go, against hand-computed va
 and independent loops; the Dreamer model's update under fit, compiled vs eager, and a
 .keras round trip that resumes bit-identically."""
 
+import json
 import math
 
 import keras
@@ -340,3 +341,31 @@ def test_behavior_config_names_the_bad_field(field, value, words):
 def test_trajectory_feat_is_h_then_z():
     traj = Trajectory(tf.ones([2, 1, 3]), tf.zeros([2, 1, 2]), tf.zeros([1, 1, 2]))
     np.testing.assert_array_equal(traj.feat().numpy()[0, 0], [1, 1, 1, 0, 0])
+
+
+def test_train_agent_collects_trains_evaluates_and_resumes(tmp_path):
+    """CartPole for a few rounds: the actor's episodes land in the directory, the
+    updates owed by the train ratio run, each evaluation has 2 returns; run again with
+    a larger budget, the loop resumes from the checkpoint and its progress (no episode
+    file overwritten)."""
+    pytest.importorskip("gymnasium")
+    from rssm_tf.agent import train_agent
+    from rssm_tf.episodes import EpisodeStore
+
+    config = RssmConfig(obs_dim=4, action_dim=2, deterministic_size=16, n_categories=4,
+                        n_classes=4, hidden_size=16, n_blocks=2)
+    model = Dreamer(config, BehaviorConfig(layers=1, units=16, horizon=3))
+    model.compile()
+    episodes, ckpt = tmp_path / "episodes", tmp_path / "agent.keras"
+    kwargs = dict(train_ratio=16.0, episodes_per_round=2, batch_size=2, seq_len=8,
+                  eval_every=40, eval_episodes=2, checkpoint=ckpt, max_steps=20, log=None)
+    evals = train_agent(model, "CartPole-v1", episodes, 60, **kwargs)
+    assert evals and all(len(e["returns"]) == 2 for e in evals)
+    first_files = len(EpisodeStore(episodes))
+    progress = json.loads((tmp_path / "agent.keras.json").read_text())
+    assert progress["env_steps"] >= 60 and progress["updates"] == int(model.optimizer.iterations)
+    assert progress["updates"] == int(progress["env_steps"] * 16 / 16 - progress["debt"] + 1e-9)
+    more = train_agent(model, "CartPole-v1", episodes, 100, **kwargs)
+    after = json.loads((tmp_path / "agent.keras.json").read_text())
+    assert after["resumes"] == 1 and after["env_steps"] >= 100
+    assert more[:len(evals)] == evals and len(EpisodeStore(episodes)) > first_files
