@@ -27,8 +27,7 @@ from rssm_tf.behavior import (
 )
 from rssm_tf.config import BehaviorConfig, RssmConfig
 from rssm_tf.latents import uniform_noise
-from rssm_tf.rssm import RssmState
-from rssm_tf.validation import check_positive_int
+from rssm_tf.rssm import PosteriorTracker, RssmState, swap_bt
 from rssm_tf.world_model import WorldModel
 
 #: what the behavior part logs, beside the world model's metrics
@@ -110,8 +109,6 @@ class Dreamer(WorldModel):
     def _update(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The world model's update, then imagination from its posterior states and
         the actor's and critic's updates, all in one compiled function."""
-        from rssm_tf.rssm import swap_bt
-
         batch = {k: swap_bt(v) for k, v in batch.items()}
         logs, states = self._world_update(batch)
         starts = RssmState(*(tf.reshape(s, [-1, s.shape[-1]]) for s in states))
@@ -164,7 +161,7 @@ class Dreamer(WorldModel):
         ``noise`` (see :meth:`Actor.sample`), or the mode without it. Continuous
         actions come mapped onto [action_low, action_high] (what the environment
         takes); discrete ones one-hot."""
-        params = self.actor(tf.concat([tf.cast(h, "float32"), tf.cast(z, "float32")], -1))
+        params = self.actor(self.rssm._feat(h, z))
         action = self.actor.mode(params) if noise is None else \
             self.actor.sample(params, noise)
         if self.behavior.discrete:
@@ -176,52 +173,29 @@ class Dreamer(WorldModel):
                 "action_low": self.action_low, "action_high": self.action_high}
 
 
-class ActorPolicy:
+class ActorPolicy(PosteriorTracker):
     """Acts with a :class:`Dreamer` in a batch of environments: the planner interface
     of :func:`rssm_tf.agent.run_episodes` (``reset``, ``observe``, ``plan``,
-    ``obs_keys``). The posterior follows the observations (its mode); ``plan`` samples
-    the actor (``sample=True``, seeded by ``seed``) or takes its mode. One compiled
-    call per step each."""
+    ``obs_keys``). The posterior follows the observations (its mode; continuous actions
+    in the environment's units); ``plan`` samples the actor (``sample=True``, seeded by
+    ``seed``) or takes its mode. One compiled call per step each."""
 
     def __init__(self, model: Dreamer, sample: bool = True, seed: int = 0,
                  jit_compile: bool = True) -> None:
         if not isinstance(model, Dreamer):
             raise TypeError(f"model must be a Dreamer, got {type(model).__name__}")
+        super().__init__(model.rssm, jit_compile)
         self.model, self.sample = model, bool(sample)
         c = model.config
         self.action_dim, self.obs_keys = c.action_dim, c.obs_keys
         self.rng = np.random.default_rng(seed)
-        rssm = model.rssm
-
-        def observe(h, z, action, obs):
-            state, _, _ = rssm.obs_step(RssmState(h, z), action, obs, sample=False)
-            return state.h, state.z
-
-        self._observe = tf.function(observe, jit_compile=jit_compile, autograph=False)
         self._act = tf.function(model.act, jit_compile=jit_compile, autograph=False)
         self._mode = tf.function(lambda h, z: model.act(h, z), jit_compile=jit_compile,
                                  autograph=False)
-        self.h: tf.Tensor | None = None
-        self.z: tf.Tensor | None = None
-
-    def reset(self, batch_size: int = 1) -> None:
-        check_positive_int("batch_size", batch_size)
-        state = self.model.rssm.initial_state(batch_size)
-        self.h, self.z = state.h, state.z
-
-    def observe(self, action: Any, obs: Any) -> None:
-        """One posterior step: ``action`` [B, A] (zeros at an episode's first step; for
-        a continuous space in the environment's units) led to ``obs``."""
-        if self.h is None:
-            raise RuntimeError("no state yet: call reset(batch_size) first")
-        state, action, obs = self.model.rssm._check_step(RssmState(self.h, self.z),
-                                                         action, obs)
-        self.h, self.z = self._observe(state.h, state.z, action, obs)
 
     def plan(self) -> np.ndarray:
         """The action [B, A] for the current state."""
-        if self.h is None:
-            raise RuntimeError("no state yet: call reset(batch_size) first")
+        self._require_state()
         if not self.sample:
             return self._mode(self.h, self.z).numpy()
         shape = (int(self.h.shape[0]), self.action_dim)

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.latents import gumbel
-from rssm_tf.rssm import Rssm, RssmState
+from rssm_tf.rssm import PosteriorTracker, Rssm, RssmState
 from rssm_tf.validation import check_positive_int
 
 KINDS = ("continuous", "discrete")
@@ -194,7 +194,7 @@ def rssm_rollout(rssm: Rssm) -> Rollout:
     return rollout
 
 
-class Planner:
+class Planner(PosteriorTracker):
     """CEM on a Keras world model, one compiled call per planning step.
 
     ``model``: a :class:`~rssm_tf.WorldModel` (or its :class:`Rssm`); ``config``: a
@@ -231,28 +231,8 @@ class Planner:
             return cem(rollout, h, z, noise, cfg.top_k, cfg.discount, cfg.kind,
                        tf.constant(self.low), tf.constant(self.high))
 
-        def observe(h, z, action, obs):
-            state, _, _ = self.rssm.obs_step(RssmState(h, z), action, obs, sample=False)
-            return state.h, state.z
-
         self._plan = tf.function(plan, jit_compile=jit_compile, autograph=False)
-        self._observe = tf.function(observe, jit_compile=jit_compile, autograph=False)
-        self.h: tf.Tensor | None = None
-        self.z: tf.Tensor | None = None
-
-    def reset(self, batch_size: int = 1) -> None:
-        """Starts every environment afresh (the initial state)."""
-        check_positive_int("batch_size", batch_size)
-        state = self.rssm.initial_state(batch_size)
-        self.h, self.z = state.h, state.z
-
-    def observe(self, action: Any, obs: Any) -> None:
-        """One posterior step: ``action`` [B, A] (zeros at an episode's first step) led
-        to ``obs`` (a dict per observation key, [B, ...], or one array)."""
-        if self.h is None:
-            raise RuntimeError("no state yet: call reset(batch_size) first")
-        state, action, obs = self.rssm._check_step(RssmState(self.h, self.z), action, obs)
-        self.h, self.z = self._observe(state.h, state.z, action, obs)
+        super().__init__(self.rssm, jit_compile)
 
     def plan(self, noise: np.ndarray | None = None) -> np.ndarray:
         """The planned first action [B, A] from the current state (which does not
@@ -262,8 +242,7 @@ class Planner:
     def plan_details(self, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """:meth:`plan` with the final ``plan`` [B, H, A], ``elite_return`` [B] and the
         last iteration's ``returns`` [B, N]."""
-        if self.h is None:
-            raise RuntimeError("no state yet: call reset(batch_size) first")
+        self._require_state()
         batch = int(self.h.shape[0])
         if noise is None:
             noise = self.config.noise(self.rng, batch, self.action_dim)

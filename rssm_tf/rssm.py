@@ -36,6 +36,7 @@ from rssm_tf.validation import (
     as_float_tensor,
     as_image_tensor,
     check_keys,
+    check_positive_int,
     check_same,
     check_shape,
     eager_finite,
@@ -484,3 +485,41 @@ class Rssm(keras.layers.Layer):
         config.update(config=self.config.to_dict(), twohot=self.twohot.get_config(),
                       seed=self.seed, manual_gradient=self.manual_gradient)
         return config
+
+
+class PosteriorTracker:
+    """The posterior state (h, z) of a batch of environments, moved on by one compiled
+    :meth:`Rssm.obs_step` (the posterior's mode) per observation: the state a planner
+    or an actor acts from.
+
+    ``reset(batch_size)`` starts every environment at the initial state;
+    ``observe(action [B, A], obs)`` takes the action that led to ``obs`` (zeros at an
+    episode's first step) and the observation (a dict per key, [B, ...], or one array).
+    """
+
+    def __init__(self, rssm: Rssm, jit_compile: bool = True) -> None:
+        self.rssm = rssm
+
+        def observe(h, z, action, obs):
+            state, _, _ = rssm.obs_step(RssmState(h, z), action, obs, sample=False)
+            return state.h, state.z
+
+        self._observe = tf.function(observe, jit_compile=jit_compile, autograph=False)
+        self.h: tf.Tensor | None = None
+        self.z: tf.Tensor | None = None
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Starts every environment afresh (the initial state)."""
+        check_positive_int("batch_size", batch_size)
+        state = self.rssm.initial_state(batch_size)
+        self.h, self.z = state.h, state.z
+
+    def observe(self, action: Any, obs: Any) -> None:
+        """One posterior step: ``action`` [B, A] led to ``obs``."""
+        self._require_state()
+        state, action, obs = self.rssm._check_step(RssmState(self.h, self.z), action, obs)
+        self.h, self.z = self._observe(state.h, state.z, action, obs)
+
+    def _require_state(self) -> None:
+        if self.h is None:
+            raise RuntimeError("no state yet: call reset(batch_size) first")
