@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rssm_tf.validation import check_positive_int
+from rssm_tf.validation import check_non_negative_int, check_positive_int
 
 # "silu": the DreamerV3 paper's choice (the default, fused backward); "gelu": the tanh
 # approximation that DreamerV3's current code uses (jax.nn.gelu), plain autodiff.
@@ -87,21 +87,14 @@ class RssmConfig:
     def __post_init__(self) -> None:
         if self.action_dim is None:
             raise ValueError("action_dim is required: the width of the action vector")
-        if isinstance(self.obs_dim, bool) or not isinstance(self.obs_dim, int) \
-                or self.obs_dim < 0:
-            raise ValueError(f"obs_dim must be a non-negative integer (0: no vector "
-                             f"observation), got {self.obs_dim!r}")
+        check_non_negative_int("obs_dim", self.obs_dim, "no vector observation")
         self._check_space()
         self._check_image()
         for name in ("action_dim", "deterministic_size", "n_categories",
                      "n_classes", "hidden_size", "head_layers", "encoder_layers",
                      "decoder_layers", "prior_layers", "posterior_layers"):
             check_positive_int(name, getattr(self, name))
-        if isinstance(self.n_blocks, bool) or not isinstance(self.n_blocks, int) \
-                or self.n_blocks < 0:
-            raise ValueError(
-                f"n_blocks must be a non-negative integer (0 = dense GRU), "
-                f"got {self.n_blocks!r}")
+        check_non_negative_int("n_blocks", self.n_blocks, "a dense GRU")
         if self.n_blocks and self.deterministic_size % self.n_blocks:
             raise ValueError(
                 f"deterministic_size ({self.deterministic_size}) must be divisible by "
@@ -367,10 +360,7 @@ class BehaviorConfig:
             raise ValueError(f"discrete must be True or False, got {self.discrete!r}")
         for name in ("horizon", "layers", "critic_bins", "slow_every"):
             check_positive_int(name, getattr(self, name))
-        if isinstance(self.units, bool) or not isinstance(self.units, int) \
-                or self.units < 0:
-            raise ValueError(f"units must be an integer >= 0 (0: the world model's "
-                             f"hidden_size), got {self.units!r}")
+        check_non_negative_int("units", self.units, "the world model's hidden_size")
         if self.critic_bins < 2:
             raise ValueError(f"critic_bins must be >= 2, got {self.critic_bins}")
 

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from rssm_tf.config import ACTIVATIONS
-from rssm_tf.validation import check_positive_int
+from rssm_tf.validation import check_non_negative_int, check_positive_int
 
 _PACKAGE = "rssm_tf"
 
@@ -309,8 +309,7 @@ class BlockGRU(keras.layers.Layer):
                  activation: str = "silu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_positive_int("units", units)
-        if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
-            raise ValueError(f"n_blocks must be an integer >= 0, got {n_blocks!r}")
+        check_non_negative_int("n_blocks", n_blocks, "a dense GRU")
         if n_blocks and units % n_blocks:
             raise ValueError(f"units ({units}) must be divisible by n_blocks ({n_blocks})")
         self.units = units

@@ -64,6 +64,14 @@ def check_positive_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def check_non_negative_int(name: str, value: object, zero_means: str) -> None:
+    """Raises ``ValueError`` naming ``name`` (and what 0 means) unless ``value`` is an
+    int >= 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer (0: {zero_means}), "
+                         f"got {value!r}")
+
+
 def check_shape(name: str, tensor: tf.Tensor, expected: Sequence[int | str | None]) -> None:
     """Raises ``ValueError`` unless ``tensor``'s static shape matches ``expected``.
 
