@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from sine import as_dataset, sine_batches
 
 from rssm_tf import (
     Actor,
@@ -238,28 +239,6 @@ def test_policy_gradient_raises_the_log_prob_of_better_actions():
     assert float(tf.reduce_mean(tf.exp(actor(feat)[:, 0]))) > before
 
 
-def sine_batches(n, b=3, t=6, seed=0, discrete=True):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        action = np.eye(2, dtype="f")[rng.integers(0, 2, (b, t))] if discrete else \
-            rng.uniform(-1, 1, (b, t, 2)).astype("f")
-        phase = rng.uniform(0, 6, size=(b, 1))
-        steps = np.arange(t)[None]
-        obs = np.stack([np.sin(phase + 0.3 * steps), np.cos(phase + 0.3 * steps),
-                        np.cumsum(action[..., 0], 1) * 0.1], -1).astype("float32")
-        first = np.zeros((b, t), "float32")
-        first[:, 0] = 1
-        out.append({"obs": obs, "action": action, "reward": obs[..., 0].copy(),
-                    "is_first": first, "is_terminal": np.zeros((b, t), "float32")})
-    return out
-
-
-def _dataset(batches):
-    return tf.data.Dataset.from_tensor_slices(
-        {k: np.stack([b[k] for b in batches]) for k in batches[0]})
-
-
 @pytest.mark.parametrize("discrete", [True, False])
 def test_dreamer_fit_logs_behavior_metrics_and_updates_the_slow_critic(discrete):
     behavior = BehaviorConfig(discrete=discrete, layers=1, units=16, horizon=3,
@@ -267,7 +246,7 @@ def test_dreamer_fit_logs_behavior_metrics_and_updates_the_slow_critic(discrete)
     model = Dreamer(CONFIG, behavior, action_low=-2.0, action_high=2.0, seed=1)
     model.compile()
     slow0 = [w.numpy() for w in model.slow_critic.weights]
-    history = model.fit(_dataset(sine_batches(1, discrete=discrete)), epochs=1, verbose=0)
+    history = model.fit(as_dataset(sine_batches(1, 3, 6, discrete=discrete)), epochs=1, verbose=0)
     logs = {k: v[-1] for k, v in history.history.items()}
     assert set(model.metric_names) <= set(logs)
     assert all(np.isfinite(v) for v in logs.values())
@@ -276,7 +255,7 @@ def test_dreamer_fit_logs_behavior_metrics_and_updates_the_slow_critic(discrete)
     for s0, s1, c1 in zip(slow0, model.slow_critic.weights, critic1):
         np.testing.assert_allclose(s1.numpy(), 0.98 * s0 + 0.02 * c1, rtol=1e-5, atol=1e-7)
     slow1 = [w.numpy() for w in model.slow_critic.weights]
-    model.fit(_dataset(sine_batches(1, seed=1, discrete=discrete)), epochs=1, verbose=0)
+    model.fit(as_dataset(sine_batches(1, 3, 6, seed=1, discrete=discrete)), epochs=1, verbose=0)
     for s1, s2 in zip(slow1, model.slow_critic.weights):  # the second does not
         np.testing.assert_array_equal(s1, s2.numpy())
     assert int(model.actor_optimizer.iterations) == 2 == int(model.optimizer.iterations)
@@ -290,23 +269,23 @@ def test_dreamer_fit_logs_behavior_metrics_and_updates_the_slow_critic(discrete)
 def test_dreamer_update_compiled_equals_eager():
     """The same update under XLA and eagerly (a tf.function without XLA), from the
     same weights: every weight within float32 rounding."""
-    batches = sine_batches(2)
+    batches = sine_batches(2, 3, 6, discrete=True)
     results = []
     for jit in (True, False):
         keras.utils.set_random_seed(4)
         model = Dreamer(CONFIG, BehaviorConfig(layers=1, units=16, horizon=2), seed=2)
         model.compile(jit_compile=jit)
-        model.fit(_dataset(batches), epochs=1, verbose=0)
+        model.fit(as_dataset(batches), epochs=1, verbose=0)
         results.append(model.get_weights())
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_dreamer_keras_round_trip_resumes_bit_identically(tmp_path, op_determinism):
-    batches = sine_batches(4)
+    batches = sine_batches(4, 3, 6, discrete=True)
 
     def fit(model, part):
-        model.fit(_dataset(part), epochs=1, verbose=0)
+        model.fit(as_dataset(part), epochs=1, verbose=0)
 
     keras.utils.set_random_seed(1)
     straight = Dreamer(CONFIG, SMALL, seed=5)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from sine import as_dataset, sine_batches
 
 from rssm_tf import RssmConfig, make_dataset
 from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard, NonFiniteMetricError
@@ -16,28 +17,6 @@ from rssm_tf.world_model import METRIC_NAMES, WorldModel, evaluate_open_loop
 
 CONFIG = RssmConfig(obs_dim=3, action_dim=2, deterministic_size=16, n_categories=4,
                     n_classes=4, hidden_size=16, n_blocks=2)
-
-
-def sine_batches(n, b=4, t=8, seed=0):
-    """Windows of a damped oscillator driven by the actions: learnable dynamics."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        action = rng.uniform(-1, 1, size=(b, t, 2)).astype("float32")
-        phase = rng.uniform(0, 6, size=(b, 1))
-        steps = np.arange(t)[None]
-        obs = np.stack([np.sin(phase + 0.3 * steps), np.cos(phase + 0.3 * steps),
-                        np.cumsum(action[..., 0], 1) * 0.1], -1).astype("float32")
-        first = np.zeros((b, t), "float32")
-        first[:, 0] = 1
-        out.append({"obs": obs, "action": action, "reward": obs[..., 0].copy(),
-                    "is_first": first, "is_terminal": np.zeros((b, t), "float32")})
-    return out
-
-
-def as_dataset(batches):
-    return tf.data.Dataset.from_tensor_slices(
-        {k: np.stack([b[k] for b in batches]) for k in batches[0]})
 
 
 def test_training_noise_is_the_transposed_draw():
