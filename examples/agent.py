@@ -37,7 +37,8 @@ SIZES = dict(deterministic_size=256, n_categories=16, n_classes=16, hidden_size=
              n_blocks=4)
 
 
-def build(env_id: str, seed: int, units: int, lr: float) -> Dreamer:
+def build(env_id: str, seed: int, units: int, lr: float, imag_last: int = 0,
+          actor_lr: float = 3e-5) -> Dreamer:
     env, observe = make_env(env_id)
     try:
         obs = observe(env.reset(seed=seed)[0])
@@ -47,7 +48,8 @@ def build(env_id: str, seed: int, units: int, lr: float) -> Dreamer:
     space = {k: tuple(obs[k].shape) for k in observation_keys({k: v.shape for k, v in
                                                                obs.items()})}
     config = RssmConfig(obs_space=space, action_dim=action_dim, **SIZES)
-    behavior = BehaviorConfig(discrete=discrete, units=units)
+    behavior = BehaviorConfig(discrete=discrete, units=units, imag_last=imag_last,
+                              actor_lr=actor_lr)
     model = Dreamer(config, behavior, action_low=low, action_high=high, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(lr, epsilon=1e-8, global_clipnorm=1000.0))
     return model
@@ -64,13 +66,16 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--units", type=int, default=256, help="actor/critic width")
     parser.add_argument("--lr", type=float, default=3e-4, help="world model's rate")
+    parser.add_argument("--actor-lr", type=float, default=3e-5)
+    parser.add_argument("--imag-last", type=int, default=0,
+                        help="imagine from the last K steps of each sequence (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/agent")
     args = parser.parse_args()
     run = Path(args.out) / args.env
     run.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
-    model = build(args.env, args.seed, args.units, args.lr)
+    model = build(args.env, args.seed, args.units, args.lr, args.imag_last, args.actor_lr)
     t0 = time.time()
     evals = train_agent(model, args.env, run / "episodes", args.steps,
                         train_ratio=args.train_ratio,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
-from rssm_tf_export.module import SIGNATURES, InferenceModule
+from rssm_tf_export.module import ACTOR_SIGNATURES, SIGNATURES, InferenceModule
 from rssm_tf_export.parity import format_table, parity_report
 from rssm_tf_export.tf2onnx_batch import MARK
 from rssm_tf_serving.backends import expected_load_notes_dropped, load_saved_model
@@ -46,6 +46,26 @@ ONNX_SIGNATURES = tuple(s for s in SIGNATURES if s != "initial_state")
 # lower to builtin ops; the LiteRT backend composes them from these files.
 LITERT_SIGNATURES = ("obs_step_noise", "obs_step_mode", "imagine_step_noise",
                      "imagine_step_mode", "predict")
+#: a Dreamer's, beside those: the reproducible acting steps
+LITERT_ACTOR_SIGNATURES = ("act_noise", "act_mode")
+
+
+def export_signatures(module: InferenceModule) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(ONNX, LiteRT) signatures of ``module``'s model: :data:`ONNX_SIGNATURES` and
+    :data:`LITERT_SIGNATURES`, with the actor's for a Dreamer."""
+    if module.actor is None:
+        return ONNX_SIGNATURES, LITERT_SIGNATURES
+    return ONNX_SIGNATURES + ACTOR_SIGNATURES, LITERT_SIGNATURES + LITERT_ACTOR_SIGNATURES
+
+
+def actor_manifest(model: WorldModel) -> dict[str, Any] | None:
+    """What a client needs to act with a Dreamer's export: the action kind, the
+    noise ``act_noise`` takes and the continuous bounds (None for a world model)."""
+    if getattr(model, "actor", None) is None:
+        return None
+    discrete = model.behavior.discrete
+    return {"discrete": discrete, "noise": "uniform" if discrete else "normal",
+            "action_low": model.action_low, "action_high": model.action_high}
 
 
 class ExportError(RuntimeError):
@@ -186,7 +206,7 @@ def float32_copy(model: WorldModel) -> WorldModel:
     at full precision (``manifest.json`` records the training policy)."""
     if model.dtype_policy.name == "float32":
         return model
-    twin = WorldModel.from_config({**model.get_config(), "dtype": "float32"})
+    twin = type(model).from_config({**model.get_config(), "dtype": "float32"})
     twin.set_weights(model.get_weights())
     return twin
 
@@ -209,6 +229,7 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
     model = float32_copy(model)
     _check_writable(out)
     module = InferenceModule(model)
+    onnx_signatures, litert_signatures = export_signatures(module)
     model_dir = out / "saved_model" / name
     version = version or next_version(model_dir)
     log = print if verbose else (lambda *a, **k: None)
@@ -223,13 +244,14 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
     onnx_dir = out / "onnx" if onnx else None
     litert_dir = out / "litert" if litert else None
     if onnx:
-        log(f"export: converting {len(ONNX_SIGNATURES)} signatures to ONNX (opset {OPSET})")
+        log(f"export: converting {len(onnx_signatures)} signatures to ONNX (opset {OPSET})")
     if litert:
-        log(f"export: converting {len(LITERT_SIGNATURES)} signatures to LiteRT")
+        log(f"export: converting {len(litert_signatures)} signatures to LiteRT")
     # at once: tf2onnx runs in worker processes, the LiteRT converter in this one
     with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(convert, saved, where) for convert, where in
-                ((convert_onnx, onnx_dir), (convert_litert, litert_dir)) if where]
+        jobs = [pool.submit(convert, saved, where, names) for convert, where, names in
+                ((convert_onnx, onnx_dir, onnx_signatures),
+                 (convert_litert, litert_dir, litert_signatures)) if where]
         for job in jobs:
             record(job.result())
     manifest = {
@@ -241,9 +263,10 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
                       for k, s in model.config.obs_shapes.items()},
         "trained_dtype_policy": trained_policy,
         "signatures": describe_signatures(saved),
-        "onnx": {"opset": OPSET, "files": [f"onnx/{s}.onnx" for s in ONNX_SIGNATURES]}
+        "actor": actor_manifest(model),
+        "onnx": {"opset": OPSET, "files": [f"onnx/{s}.onnx" for s in onnx_signatures]}
         if onnx else None,
-        "litert": {"files": [f"litert/{s}.tflite" for s in LITERT_SIGNATURES]}
+        "litert": {"files": [f"litert/{s}.tflite" for s in litert_signatures]}
         if litert else None,
         "versions": {p: _version_of(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx",
                                                  "onnxruntime", "ai-edge-litert",

@@ -18,7 +18,17 @@ plan_discrete      h, z, noise [I, B, N, H, A], top_k,   action [B, A] (one-hot)
 decode             h, z                                  one output per observation key: a
                                                          vector [B, O_k] (raw space), an image
                                                          [B, H, W, C_k] (floats in [0, 1])
+act                h, z, action, one input per           h_next, z_next, action_next
+(a Dreamer's)      observation key
 =================  ====================================  ==========================================
+
+``act`` is one environment step of a deployed agent (:class:`rssm_tf.Dreamer`): the
+posterior's mode after ``action`` led to the observation (as ``obs_step_mode``, and as
+the Keras ``ActorPolicy`` follows it), then the actor's action ``action_next`` in that
+state, in the environment's units (continuous: clipped and mapped onto the action
+bounds; discrete: one-hot), which is the next call's ``action``. ``act_mode`` takes
+the actor's mode; ``act_noise``'s ``noise`` [B, A] samples it: uniform in (0, 1) for a
+discrete actor (Gumbel-max), standard normal for a continuous one.
 
 The ``plan_*`` signatures are the cross-entropy planner of :mod:`rssm_tf.planning` (the
 same function the Keras ``Planner`` compiles): ``noise`` standard normal (continuous)
@@ -45,6 +55,8 @@ from rssm_tf.planning import cem, rssm_rollout
 from rssm_tf.world_model import WorldModel, decode_observation
 
 STOCHASTIC = ("obs_step", "imagine_step", "imagine")
+#: a Dreamer's signatures, beside the world model's
+ACTOR_SIGNATURES = ("act", "act_mode", "act_noise")
 PLAN_SIGNATURES = ("plan_continuous", "plan_discrete")
 SIGNATURES = ("initial_state", "predict") + tuple(
     f"{name}{suffix}" for name in STOCHASTIC for suffix in ("", "_mode", "_noise")) \
@@ -69,9 +81,12 @@ class InferenceModule(tf.Module):
         # tracks. A tf.Module does not see the tf.Variables inside Keras 3 layers, so
         # they are listed here, as keras.export.ExportArchive.track does; without this
         # only tf.saved_model.load (which follows the functions' captures) works.
-        # (the RSSM's and the decoder's: ``decode`` reads the decoder).
+        # (the RSSM's, the decoder's: ``decode`` reads it; and a Dreamer's actor's)
+        #: the actor of a :class:`rssm_tf.Dreamer` (``act*`` signatures), else None
+        self.actor = getattr(model, "actor", None)
         self.tracked_variables = [v.value for v in model.rssm.variables
-                                  + model.decoder.variables]
+                                  + model.decoder.variables
+                                  + (self.actor.variables if self.actor else [])]
         c = model.config
         self.config = c
         f32 = tf.float32
@@ -85,6 +100,7 @@ class InferenceModule(tf.Module):
                                        name="noise"),
             "plan_noise": tf.TensorSpec([None, None, None, None, c.action_dim], f32,
                                         name="noise"),
+            "action_noise": tf.TensorSpec([None, c.action_dim], f32, name="noise"),
             "top_k": tf.TensorSpec([], tf.int32, name="top_k"),
             "discount": tf.TensorSpec([], f32, name="discount"),
             "low": tf.TensorSpec([c.action_dim], f32, name="low"),
@@ -94,6 +110,12 @@ class InferenceModule(tf.Module):
         self.obs_specs = {k: tf.TensorSpec([None, *shape], tf.uint8 if k in c.image_keys
                                            else f32, name=k)
                           for k, shape in c.obs_shapes.items()}
+
+    @property
+    def signature_names(self) -> tuple[str, ...]:
+        """The signatures this model exports: :data:`SIGNATURES`, and
+        :data:`ACTOR_SIGNATURES` for a Dreamer."""
+        return SIGNATURES + (ACTOR_SIGNATURES if self.actor is not None else ())
 
     # ------------------------------------------------------------ functions
     def _noise(self, noise: tf.Tensor | None, mode: bool, like: tf.Tensor) -> Any:
@@ -139,6 +161,17 @@ class InferenceModule(tf.Module):
     def plan_discrete(self, h, z, noise, top_k, discount) -> dict[str, tf.Tensor]:
         return cem(rssm_rollout(self.rssm), h, z, noise, top_k, discount, "discrete")
 
+    def act(self, h, z, action, obs, noise=None, mode=False) -> dict[str, tf.Tensor]:
+        """The posterior's mode after ``obs``, and the actor's action there: its mode,
+        or sampled from ``noise`` (drawn here when None)."""
+        state, _, _ = self.rssm.obs_step(RssmState(h, z), action, obs, sample=False)
+        if noise is None and not mode:
+            shape = tf.stack([tf.shape(h)[0], self.config.action_dim])
+            noise = tf.random.uniform(shape, 1e-6, 1.0 - 1e-6) \
+                if self.actor.behavior.discrete else tf.random.normal(shape)
+        chosen = self.model.act(state.h, state.z, None if mode else noise)
+        return {"h_next": state.h, "z_next": state.z, "action_next": chosen}
+
     def decode(self, h, z) -> dict[str, tf.Tensor]:
         """The decoder's prediction of every observation key from the state."""
         return decode_observation(self.config, self.model.decoder(RssmState(h, z).feat()))
@@ -158,27 +191,30 @@ class InferenceModule(tf.Module):
                 specs += [s["low"], s["high"]]
             return getattr(self, name), specs
         base = name.removesuffix("_mode").removesuffix("_noise")
-        if base not in STOCHASTIC or name not in SIGNATURES:
-            raise ValueError(f"unknown signature {name!r}; expected one of {SIGNATURES}")
-        specs = {"obs_step": [s["h"], s["z"], s["action"], *self.obs_specs.values()],
+        if name not in self.signature_names:
+            raise ValueError(f"unknown signature {name!r}; expected one of "
+                             f"{self.signature_names}")
+        observed = [s["h"], s["z"], s["action"], *self.obs_specs.values()]
+        specs = {"obs_step": observed, "act": observed,
                  "imagine_step": [s["h"], s["z"], s["action"]],
                  "imagine": [s["h"], s["z"], s["actions"]]}[base]
         method = getattr(self, base)
-        if base == "obs_step":  # the observation keys, flat inputs, as one dict
-            keys = tuple(self.obs_specs)
+        if base in ("obs_step", "act"):  # the observation keys, flat inputs, as one dict
+            keys, observe = tuple(self.obs_specs), method
 
             def method(**kw: Any) -> dict[str, tf.Tensor]:
-                return self.obs_step(obs={k: kw.pop(k) for k in keys}, **kw)
+                return observe(obs={k: kw.pop(k) for k in keys}, **kw)
         if name.endswith("_mode"):
             return (lambda **kw: method(**kw, mode=True)), specs
         if name.endswith("_noise"):
-            return method, specs + [s["noise_seq"] if base == "imagine" else s["noise"]]
+            extra = {"imagine": "noise_seq", "act": "action_noise"}.get(base, "noise")
+            return method, specs + [s[extra]]
         return method, specs
 
     def signatures(self) -> dict[str, Any]:
         """Concrete functions keyed by signature name (``serving_default`` included)."""
         concrete = {}
-        for name in SIGNATURES:
+        for name in self.signature_names:
             fn, specs = self.function(name)
             names = [spec.name for spec in specs]
 

@@ -125,6 +125,8 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
     dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
                                        "action_dim")}
     dims["obs_space"] = c.obs_shapes
+    if module.actor is not None:
+        dims["actor"] = "discrete" if module.actor.behavior.discrete else "continuous"
     cases = make_cases(dims, batch, rollout, horizon, seed)
     loaders = (("savedmodel", "tf2"), ("savedmodel_session", "session"))
     with ThreadPoolExecutor(max_workers=len(loaders)) as pool:

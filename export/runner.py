@@ -5,7 +5,8 @@ check) and the ONNX Runtime check run exactly the same cases as the Keras model.
 
 A case is ``{"signature": name, "inputs": {name: array}}``; a rollout case also has
 ``"steps": {name: array [N, ...]}``, fed one step at a time while ``h``/``z`` come
-from the previous step's ``h_next``/``z_next``.
+from the previous step's ``h_next``/``z_next`` (and, for the actor's ``act*``, the
+``action`` from its ``action_next``: the loop a deployed agent runs).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
 
     ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``action_dim``
     and ``obs_space`` ``{key: per-step shape}`` (rank 1: a float vector, rank 3: uint8
-    pixels; the resolved space, ``RssmConfig.obs_shapes``).
+    pixels; the resolved space, ``RssmConfig.obs_shapes``); with ``actor``
+    ("discrete" or "continuous", a Dreamer's export) also the ``act_*`` cases.
     """
     rng = np.random.default_rng(seed)
     d, s, k = dims["deterministic_size"], dims["n_categories"], dims["n_classes"]
@@ -58,7 +60,7 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     # reward head predicts ~0 for every candidate)
     plan = dict(h=h, z=z, top_k=np.array(12, np.int32), discount=np.array(0.9, np.float32))
     plan_shape = (1, batch, 12, 4, a)
-    return {
+    cases = {
         "plan_continuous": {"signature": "plan_continuous", "inputs": dict(
             plan, noise=f32(rng.standard_normal(plan_shape)),
             low=np.full(a, -1.0, np.float32), high=np.full(a, 0.5, np.float32))},
@@ -84,6 +86,24 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
                                   "steps": {k_: v for k_, v in steps.items()
                                             if k_ != "noise"}},
     }
+    kind = dims.get("actor")
+    if kind is not None:
+        def action_noise(*lead: int) -> np.ndarray:
+            return f32(rng.uniform(0.001, 0.999, (*lead, a)) if kind == "discrete"
+                       else rng.standard_normal((*lead, a)))
+
+        observed = dict(h=h, z=z, action=action, **obs)
+        closed = {k_: v for k_, v in steps.items() if k_ not in ("action", "noise")}
+        start = {**zeros, "action": np.zeros_like(action)}
+        cases.update({
+            "act_noise": {"signature": "act_noise",
+                          "inputs": dict(observed, noise=action_noise(batch))},
+            "act_mode": {"signature": "act_mode", "inputs": observed},
+            "rollout_act_noise": {"signature": "act_noise", "inputs": start,
+                                  "steps": dict(closed, noise=action_noise(rollout, batch))},
+            "rollout_act_mode": {"signature": "act_mode", "inputs": start,
+                                 "steps": closed}})
+    return cases
 
 
 def litert_cases(cases: dict[str, dict]) -> dict[str, dict]:
@@ -98,15 +118,16 @@ def run_case(call: Call, case: dict) -> dict[str, np.ndarray]:
     output over the steps ([N, ...])."""
     if "steps" not in case:
         return {k: np.asarray(v) for k, v in call(case["signature"], case["inputs"]).items()}
-    h, z = case["inputs"]["h"], case["inputs"]["z"]
+    carry = dict(case["inputs"])  # h, z (and the actor's first action)
     outputs: dict[str, list] = {}
     count = len(next(iter(case["steps"].values())))
     for t in range(count):
-        inputs = {"h": h, "z": z, **{k: v[t] for k, v in case["steps"].items()}}
-        out = call(case["signature"], inputs)
+        out = call(case["signature"], {**carry, **{k: v[t] for k, v in case["steps"].items()}})
         for key, value in out.items():
             outputs.setdefault(key, []).append(np.asarray(value))
-        h, z = np.asarray(out["h_next"]), np.asarray(out["z_next"])
+        carry["h"], carry["z"] = np.asarray(out["h_next"]), np.asarray(out["z_next"])
+        if "action_next" in out:
+            carry["action"] = np.asarray(out["action_next"])
     return {k: np.stack(v) for k, v in outputs.items()}
 
 

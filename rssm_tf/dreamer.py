@@ -111,6 +111,8 @@ class Dreamer(WorldModel):
         the actor's and critic's updates, all in one compiled function."""
         batch = {k: swap_bt(v) for k, v in batch.items()}
         logs, states = self._world_update(batch)
+        if self.behavior.imag_last:  # states are time-major [T, B, ...]
+            states = RssmState(*(s[-self.behavior.imag_last:] for s in states))
         starts = RssmState(*(tf.reshape(s, [-1, s.shape[-1]]) for s in states))
         logs.update(self._behavior_update(starts))
         return logs
@@ -199,6 +201,7 @@ class ActorPolicy(PosteriorTracker):
         if not self.sample:
             return self._mode(self.h, self.z).numpy()
         shape = (int(self.h.shape[0]), self.action_dim)
-        noise = self.rng.uniform(size=shape) if self.model.behavior.discrete else \
-            self.rng.standard_normal(size=shape)
+        # the draws of rssm_tf_serving.planner.ClientActor: same seed, same actions
+        noise = self.rng.uniform(1e-6, 1.0 - 1e-6, shape) if self.model.behavior.discrete \
+            else self.rng.standard_normal(shape)
         return self._act(self.h, self.z, tf.constant(noise, tf.float32)).numpy()

@@ -239,9 +239,12 @@ class LiteRtBackend:
     ``EXPORT/litert/<signature>.tflite``: ``obs_step_noise``, ``obs_step_mode``,
     ``imagine_step_noise``, ``imagine_step_mode`` and ``predict``.
 
+    A Dreamer's export adds ``act_noise`` and ``act_mode``.
+
     The other signatures are composed here from those files, so the client's calls
     are the same as on every backend: ``X`` (sampled) draws its uniform noise on the
-    client (``seed``) and runs ``X_noise``; ``imagine*`` runs ``imagine_step*`` and
+    client (``seed``) and runs ``X_noise`` (``act``: the noise ``actor_noise`` names,
+    "uniform" or "normal", the manifest's ``actor.noise``); ``imagine*`` runs ``imagine_step*`` and
     ``predict`` once per step (LiteRT cannot lower the scan's dynamic-size tensor
     lists). The step-by-step imagination computes what the exported ``imagine`` does.
     """
@@ -251,7 +254,11 @@ class LiteRtBackend:
              "predict")
 
     def __init__(self, litert_dir: str | os.PathLike, threads: int | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, actor_noise: str | None = None) -> None:
+        if actor_noise not in (None, "uniform", "normal"):
+            raise ServingError(f"actor_noise must be 'uniform', 'normal' or None, got "
+                               f"{actor_noise!r}")
+        self.actor_noise = actor_noise
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -288,6 +295,16 @@ class LiteRtBackend:
             raise ServingError(f"{signature}: LiteRT has no planner (it cannot lower the "
                                "planner's loops); plan with the onnx or savedmodel backend")
         base = signature.removesuffix("_mode").removesuffix("_noise")
+        if signature == "act":
+            if self.actor_noise is None:
+                raise ServingError("act on LiteRT draws the actor's noise here: pass "
+                                   "actor_noise (the manifest's actor.noise), or call "
+                                   "act_noise / act_mode")
+            shape = (inputs["h"].shape[0], self._runner("act_noise")
+                     .get_input_details()["noise"]["shape_signature"][1])
+            noise = self.rng.uniform(1e-6, 1 - 1e-6, shape) \
+                if self.actor_noise == "uniform" else self.rng.standard_normal(shape)
+            return self._run("act_noise", {**inputs, "noise": noise.astype(np.float32)})
         if base == signature and base in ("obs_step", "imagine_step", "imagine"):
             shape = self._noise_shape(base, inputs)
             inputs = {**inputs, "noise": self.rng.uniform(1e-6, 1 - 1e-6, shape)

@@ -12,6 +12,8 @@ writes ``reset / observe / imagine / predict`` whatever runs the model::
     dream = client.imagine(actions)              # [B, T, A] from the current state
     now = client.predict()                       # reward, continue for the state
     best = client.plan("discrete", noise, top_k)  # the exported CEM planner
+    step = client.act(obs)                       # a Dreamer's export: observe and act
+    env.step(step["action"])                     # (the next act's action by default)
 
 Sampling per call: ``sample="sample"`` (the server draws the noise), ``"mode"``
 (argmax) or ``noise=`` an array of uniform (0, 1) values (Gumbel-max; reproducible).
@@ -104,8 +106,12 @@ class WorldModelClient:
         self.obs_space = {k: (tuple(v["shape"][1:]), v["dtype"])
                           for k, v in sorted(inputs.items()) if k not in STATE_INPUTS}
         self.obs_keys = tuple(self.obs_space)
+        #: a Dreamer's actor (``discrete``, ``noise``, bounds), else None
+        self.actor: dict[str, Any] | None = self.manifest.get("actor")
         self.h: np.ndarray | None = None
         self.z: np.ndarray | None = None
+        #: the action :meth:`act` returned last (zeros after :meth:`reset`)
+        self.action: np.ndarray | None = None
 
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, backend: str = "onnx",
@@ -119,7 +125,9 @@ class WorldModelClient:
         if backend == "onnx":
             impl: Backend = OnnxBackend(export_dir / "onnx", **options)
         elif backend == "litert":
-            impl = LiteRtBackend(export_dir / "litert", **options)
+            actor = manifest.get("actor") or {}
+            impl = LiteRtBackend(export_dir / "litert",
+                                 **{"actor_noise": actor.get("noise"), **options})
         elif backend == "savedmodel":
             impl = SavedModelBackend(export_dir / "saved_model" / manifest["name"], **options)
         elif backend == "rest":
@@ -165,21 +173,26 @@ class WorldModelClient:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.h = np.zeros((batch_size, self.deter), np.float32)
         self.z = np.zeros((batch_size, self.groups * self.classes), np.float32)
+        self.action = np.zeros((batch_size, self.action_dim), np.float32)
 
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """The current state, copied: ``{"h": [B, D], "z": [B, S*K]}``."""
+        """The current state, copied: ``{"h": [B, D], "z": [B, S*K], "action": [B, A]}``
+        (``action``: the last one :meth:`act` returned, the next act's default)."""
         self._require_state()
-        return {"h": self.h.copy(), "z": self.z.copy()}
+        return {"h": self.h.copy(), "z": self.z.copy(), "action": self.action.copy()}
 
     @state.setter
     def state(self, value: dict[str, np.ndarray]) -> None:
         h = self._array("state['h']", value["h"], [None, self.deter])
         z = self._array("state['z']", value["z"], [None, self.groups * self.classes])
-        if h.shape[0] != z.shape[0]:
-            raise ValueError(f"state['h'] and state['z'] must have the same batch size, got "
-                             f"{h.shape[0]} and {z.shape[0]}")
-        self.h, self.z = h.copy(), z.copy()
+        action = self._array("state['action']", value["action"], [None, self.action_dim]) \
+            if "action" in value else np.zeros((h.shape[0], self.action_dim), np.float32)
+        if not h.shape[0] == z.shape[0] == action.shape[0]:
+            raise ValueError(f"state['h'], state['z'] (and state['action']) must have the "
+                             f"same batch size, got {h.shape[0]}, {z.shape[0]}, "
+                             f"{action.shape[0]}")
+        self.h, self.z, self.action = h.copy(), z.copy(), action.copy()
 
     def save_state(self, path: str | os.PathLike) -> Path:
         """Writes the state to ``path`` (.npz) through a temporary file and a rename."""
@@ -194,7 +207,7 @@ class WorldModelClient:
 
     def load_state(self, path: str | os.PathLike) -> None:
         with np.load(path) as data:
-            self.state = {"h": data["h"], "z": data["z"]}
+            self.state = {k: data[k] for k in ("h", "z", "action") if k in data}
 
     # ---------------------------------------------------------------- calls
     def observe(self, action: Any, obs: Any, sample: str = "sample",
@@ -302,6 +315,44 @@ class WorldModelClient:
                                  f"high={high!r}")
             inputs.update(bounds)
         return self.backend.call(signature, inputs)
+
+    def act(self, obs: Any, action: Any = None, sample: str = "sample",
+            noise: Any = None) -> dict[str, np.ndarray]:
+        """One environment step of a deployed agent (a Dreamer's export, the ``act*``
+        signatures): the posterior's mode after ``obs``, then the actor's action in
+        that state; the state advances.
+
+        ``obs`` as for :meth:`observe`; ``action`` [B, A]: the action that led to
+        ``obs``, by default the one the last ``act`` returned (zeros after
+        :meth:`reset`). ``sample``: "sample" (the server draws the actor's noise) or
+        "mode"; or ``noise`` [B, A] (uniform in (0, 1) for a discrete actor, standard
+        normal for a continuous one; reproducible). Returns ``action`` [B, A] in the
+        environment's units (one-hot for a discrete actor), ``h`` and ``z``."""
+        if self.actor is None and "act" not in self.manifest["signatures"]:
+            raise ServingError(f"model {self.manifest.get('name')!r} has no actor (act "
+                               "signatures): export a Dreamer (rssm_tf.Dreamer) checkpoint")
+        self._require_state()
+        b = self.batch_size
+        inputs = {"h": self.h, "z": self.z,
+                  "action": self._array("action", self.action if action is None else action,
+                                        [b, self.action_dim]),
+                  **self._observation(obs, b)}
+        if noise is not None:
+            inputs["noise"] = self._array("noise", noise, [b, self.action_dim])
+            if (self.actor or {}).get("discrete") and (
+                    np.any(inputs["noise"] <= 0) or np.any(inputs["noise"] >= 1)):
+                raise ValueError("noise must lie strictly between 0 and 1 for a discrete "
+                                 "actor")
+            signature = "act_noise"
+        elif sample in ("sample", "mode"):
+            signature = "act" if sample == "sample" else "act_mode"
+        else:
+            raise ValueError(f"sample must be 'sample' or 'mode' (or pass noise=), got "
+                             f"{sample!r}")
+        out = self.backend.call(signature, inputs)
+        self.h, self.z = out["h_next"], out["z_next"]
+        self.action = np.asarray(out["action_next"], np.float32)
+        return {"action": self.action.copy(), "h": self.h.copy(), "z": self.z.copy()}
 
     # -------------------------------------------------------------- helpers
     def _call(self, base: str, inputs: dict[str, np.ndarray], sample: str, noise: Any,

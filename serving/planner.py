@@ -1,4 +1,5 @@
-"""``ClientPlanner``: the cross-entropy planner on exported files or TF Serving.
+"""``ClientPlanner``: the cross-entropy planner on exported files or TF Serving;
+``ClientActor``: a Dreamer's exported actor, with the same calls.
 
 The algorithm runs inside the export (``plan_continuous`` / ``plan_discrete``, the
 same function ``rssm_tf.planning.Planner`` compiles); this class keeps its settings
@@ -74,3 +75,42 @@ class ClientPlanner:
             noise = self.noise(self.client.batch_size)
         return self.client.plan(self.kind, noise, self.top_k, self.discount, self.low,
                                 self.high)
+
+
+class ClientActor:
+    """A Dreamer's exported actor over a :class:`WorldModelClient` with the planner's
+    calls (``reset``, ``observe``, ``plan``, ``obs_keys``; as the Keras
+    ``rssm_tf.ActorPolicy``): ``observe`` runs one ``act`` call (the posterior's mode,
+    then the actor), ``plan`` returns that action. ``sample``: the actor's sample, its
+    noise drawn from ``seed`` (uniform or standard normal, as the actor takes it), or
+    its mode (``sample=False``)."""
+
+    def __init__(self, client: WorldModelClient, sample: bool = True, seed: int = 0) -> None:
+        if client.actor is None:
+            raise ValueError("the client's export has no actor (export a Dreamer)")
+        self.client, self.sample = client, bool(sample)
+        self.obs_keys = client.obs_keys
+        self.rng = np.random.default_rng(seed)
+        self._action: np.ndarray | None = None
+
+    def reset(self, batch_size: int = 1) -> None:
+        self.client.reset(batch_size)
+        self._action = None
+
+    def observe(self, action: Any, obs: Any) -> None:
+        """One ``act`` step: ``action`` [B, A] led to ``obs``."""
+        if not self.sample:
+            self._action = self.client.act(obs, action, sample="mode")["action"]
+            return
+        if self.client.batch_size is None:
+            raise RuntimeError("no state yet: call reset(batch_size) first")
+        shape = (self.client.batch_size, self.client.action_dim)
+        noise = self.rng.uniform(1e-6, 1.0 - 1e-6, shape) if self.client.actor["discrete"] \
+            else self.rng.standard_normal(shape)
+        self._action = self.client.act(obs, action, noise=noise.astype(np.float32))["action"]
+
+    def plan(self) -> np.ndarray:
+        """The actor's action [B, A] for the last observation."""
+        if self._action is None:
+            raise RuntimeError("no observation yet: call reset() and observe() first")
+        return self._action

@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from rssm_tf import RssmConfig  # noqa: E402
+from rssm_tf import BehaviorConfig, Dreamer, RssmConfig  # noqa: E402
 
 # The model the export and serving tests share (exported once per test session).
 EXPORT_CONFIG = RssmConfig(obs_dim=4, action_dim=2, deterministic_size=32, n_categories=4,
@@ -43,13 +43,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+# The shared export's actor: a discrete one (CartPole's two actions fit EXPORT_CONFIG)
+EXPORT_BEHAVIOR = BehaviorConfig(discrete=True, layers=2, units=16)
+
+
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
-    """A briefly trained small WorldModel saved as .keras (non-trivial heads)."""
+    """A briefly trained small Dreamer (a world model and a discrete actor) saved as
+    .keras (non-trivial heads): its export has every signature, the actor's too."""
     from rssm_tf.saving import save_world_model
-    from rssm_tf.world_model import WorldModel
 
-    model = WorldModel(EXPORT_CONFIG, seed=3)
+    model = Dreamer(EXPORT_CONFIG, EXPORT_BEHAVIOR, seed=3)
     model.compile()
     batch = {"obs": np.ones((2, 4, 4), "f"), "action": np.ones((2, 4, 2), "f"),
              "reward": np.ones((2, 4), "f"), "is_first": np.eye(1, 4, dtype="f").repeat(2, 0),

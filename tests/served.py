@@ -48,6 +48,11 @@ def keras_call(model):
                                                **kind)
             out = {"h_next": state.h, "z_next": state.z, "post_logits": post,
                    "prior_logits": prior}
+        elif name.startswith("act"):  # design section 6: the posterior's mode, the actor
+            state, _, _ = rssm.obs_step(RssmState(t["h"], t["z"]), t["action"],
+                                        {k: t[k] for k in keys}, sample=False)
+            out = {"h_next": state.h, "z_next": state.z,
+                   "action_next": actor_action(model, state.h, state.z, t.get("noise"))}
         elif name.startswith("plan_"):
             low, high = t.get("low"), t.get("high")
             out = cem(rssm_rollout(rssm), t["h"], t["z"], t["noise"], int(inputs["top_k"]),
@@ -66,11 +71,29 @@ def keras_call(model):
     return call
 
 
+def actor_action(model, h, z, noise=None) -> np.ndarray:
+    """A Dreamer's action from its actor's distribution parameters, by the definitions
+    of docs/design.md section 8: discrete, the one-hot argmax of the log-probabilities
+    (plus Gumbel noise ``-log(-log(u))`` when sampled); continuous, ``mean + std *
+    noise`` (the mean without noise) clipped to [-1, 1] and mapped onto the bounds."""
+    params = model.actor(tf.concat([h, z], -1)).numpy().astype(np.float64)
+    a = model.config.action_dim
+    if model.behavior.discrete:
+        scores = params if noise is None else params - np.log(-np.log(np.asarray(noise)))
+        return np.eye(a, dtype=np.float32)[scores.argmax(-1)]
+    mean, std = params[..., :a], params[..., a:]
+    action = mean if noise is None else mean + std * np.asarray(noise)
+    low, high = model.action_low, model.action_high
+    return (low + (np.clip(action, -1, 1) + 1) * (high - low) / 2).astype(np.float32)
+
+
 def cases_for(model, seed: int = 0, batch: int = 3, rollout: int = 5, horizon: int = 6):
     c = model.config
     dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
                                        "action_dim")}
     dims["obs_space"] = c.obs_shapes
+    if getattr(model, "actor", None) is not None:
+        dims["actor"] = "discrete" if model.behavior.discrete else "continuous"
     return make_cases(dims, batch, rollout, horizon, seed)
 
 

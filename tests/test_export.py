@@ -12,8 +12,15 @@ import pytest
 import tensorflow as tf
 from conftest import EXPORT_CONFIG
 from rssm_tf_export.__main__ import main as export_main
-from rssm_tf_export.exporter import LITERT_SIGNATURES, ONNX_SIGNATURES, ExportError, export_model
-from rssm_tf_export.module import SIGNATURES
+from rssm_tf_export.exporter import (
+    LITERT_ACTOR_SIGNATURES,
+    LITERT_SIGNATURES,
+    ONNX_SIGNATURES,
+    ExportError,
+    export_model,
+)
+from rssm_tf_export.module import ACTOR_SIGNATURES
+from rssm_tf_export.module import SIGNATURES as WORLD_MODEL_SIGNATURES
 from rssm_tf_export.parity import onnx_call
 from rssm_tf_export.runner import make_cases, run_all, run_case
 from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
@@ -22,17 +29,27 @@ from served import cases_for, check_against_keras, keras_call, run_in_tf_serving
 from rssm_tf.saving import ModelFileError, load_world_model
 
 ROOT = Path(__file__).resolve().parent.parent
+# the shared export is a Dreamer's: the world model's signatures and the actor's
+SIGNATURES = WORLD_MODEL_SIGNATURES + ACTOR_SIGNATURES
+ONNX_FILES = ONNX_SIGNATURES + ACTOR_SIGNATURES
+LITERT_FILES = LITERT_SIGNATURES + LITERT_ACTOR_SIGNATURES
 
 
 def test_tree_layout_and_manifest(exported):
     out, manifest = exported
     assert (out / "saved_model" / "wm" / "1" / "saved_model.pb").is_file()
     assert sorted(p.name for p in (out / "onnx").glob("*.onnx")) == sorted(
-        f"{s}.onnx" for s in ONNX_SIGNATURES)
+        f"{s}.onnx" for s in ONNX_FILES)
     assert not [p for p in out.rglob(".*") if p.name != "."]  # no temporary leftovers
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["version"] == 1 and on_disk["config"] == EXPORT_CONFIG.to_dict()
     assert set(on_disk["signatures"]) == set(SIGNATURES) | {"serving_default"}
+    assert on_disk["actor"] == {"discrete": True, "noise": "uniform", "action_low": -1.0,
+                                "action_high": 1.0}
+    act = on_disk["signatures"]["act_noise"]
+    assert act["inputs"]["noise"] == {"shape": [None, 2], "dtype": "float32"}
+    assert set(act["inputs"]) == {"h", "z", "action", "obs", "noise"}
+    assert set(act["outputs"]) == {"h_next", "z_next", "action_next"}
     obs_step = on_disk["signatures"]["obs_step_noise"]
     assert obs_step["inputs"]["noise"] == {"shape": [None, 4, 4], "dtype": "float32"}
     assert set(obs_step["outputs"]) == {"h_next", "z_next", "post_logits", "prior_logits"}
@@ -69,7 +86,8 @@ def test_parity_report_passes_on_every_backend(exported):
     for backend in report["backends"].values():
         assert backend["z_identical"] and backend["max_scaled_diff"] <= 1e-5
         assert backend["max_abs_diff"] <= 1e-5  # this model's values stay below 1
-        assert {"rollout_obs_step_noise", "imagine_noise"} <= set(backend["cases"])
+        assert {"rollout_obs_step_noise", "imagine_noise", "rollout_act_noise",
+                "act_mode"} <= set(backend["cases"])
 
 
 @pytest.mark.parametrize("loader", ["session", "tf2"])
@@ -107,13 +125,17 @@ def test_tf_serving_loader_runs_every_signature_like_the_keras_model(exported, m
             else:
                 np.testing.assert_allclose(got[key], value, atol=1e-5, rtol=1e-5,
                                            err_msg=f"{name} {key}")
-    want = run_case(reference, cases["rollout_obs_step_noise"])
-    np.testing.assert_array_equal(outputs["rollout_obs_step_noise"]["z_next"], want["z_next"])
-    np.testing.assert_allclose(outputs["rollout_obs_step_noise"]["h_next"], want["h_next"],
-                               atol=1e-5)
+    for rollout in ("rollout_obs_step_noise", "rollout_act_noise"):
+        want = run_case(reference, cases[rollout])
+        np.testing.assert_array_equal(outputs[rollout]["z_next"], want["z_next"])
+        np.testing.assert_allclose(outputs[rollout]["h_next"], want["h_next"], atol=1e-5)
+    # the closed loop: each step's action is the actor's choice of the step before
+    np.testing.assert_array_equal(outputs["rollout_act_noise"]["action_next"],
+                                  want["action_next"])
     for name in ("obs_step", "imagine_step", "imagine"):  # sampled: one-hot, valid shapes
         z = outputs[name]["z_next" if name != "imagine" else "z_seq"].reshape(-1, 4, 4)
         np.testing.assert_array_equal(z.sum(-1), 1.0)
+    np.testing.assert_array_equal(outputs["act"]["action_next"].sum(-1), 1.0)  # one-hot
 
 
 def test_saved_model_cli_run_computes_what_keras_does(exported, model_path, tmp_path):
@@ -142,8 +164,8 @@ def test_savedmodel_onnx_and_litert_compute_what_keras_does(exported, model_path
     out, manifest = exported
     model = load_world_model(model_path, compile=False)
     assert sorted(p.name for p in (out / "litert").glob("*.tflite")) == sorted(
-        f"{s}.tflite" for s in LITERT_SIGNATURES)
-    assert manifest["litert"]["files"] == [f"litert/{s}.tflite" for s in LITERT_SIGNATURES]
+        f"{s}.tflite" for s in LITERT_FILES)
+    assert manifest["litert"]["files"] == [f"litert/{s}.tflite" for s in LITERT_FILES]
     for what, backend in (("savedmodel", SavedModelBackend(out / "saved_model" / "wm")),
                           ("onnx", OnnxBackend(out / "onnx")),
                           ("litert", LiteRtBackend(out / "litert"))):
@@ -231,7 +253,7 @@ def test_every_onnx_file_opens_in_onnx_runtime(exported):
     import onnxruntime as ort
 
     out, _ = exported
-    for name in ONNX_SIGNATURES:
+    for name in ONNX_FILES:
         path = out / "onnx" / f"{name}.onnx"
         assert onnx.load(str(path)).opset_import[0].version >= 17
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -303,3 +325,31 @@ def test_clear_errors(model_path, tmp_path, capsys):
     assert export_main(["--model", str(tmp_path / "missing.keras"), "--out",
                         str(tmp_path / "o")]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+def test_a_continuous_actor_exports_with_its_action_bounds(tmp_path):
+    """A continuous Dreamer's ``act`` in TF Serving's loader and ONNX Runtime against
+    the Keras actor: mean + std * noise, clipped to [-1, 1] and mapped onto the bounds."""
+    from rssm_tf_export.exporter import convert_onnx, save_version
+    from rssm_tf_export.module import InferenceModule
+
+    from rssm_tf import BehaviorConfig, Dreamer
+
+    model = Dreamer(EXPORT_CONFIG, BehaviorConfig(discrete=False, layers=2, units=16),
+                    action_low=-2.0, action_high=0.5, seed=1)
+    saved = save_version(InferenceModule(model), tmp_path / "sm", 1)
+    convert_onnx(saved, tmp_path / "onnx", ("act_noise", "act_mode"), workers=1)
+    cases = {k: v for k, v in cases_for(model, seed=3, batch=8).items()
+             if v["signature"].startswith("act")}
+    assert set(cases) == {"act_noise", "act_mode", "rollout_act_noise", "rollout_act_mode"}
+    reference = run_all(keras_call(model), cases)
+    taken = reference["rollout_act_noise"]["action_next"]
+    assert taken.min() == -2.0 and taken.max() == 0.5  # the clipped draws hit both bounds
+    assert np.all(np.abs(reference["act_mode"]["action_next"] + 0.75) < 0.1)  # mean ~ 0
+    for what, outputs in (("session", run_in_tf_serving_loader(saved, cases, tmp_path)),
+                          ("onnx", run_all(onnx_call(tmp_path / "onnx"), cases))):
+        for case, want in reference.items():
+            np.testing.assert_array_equal(outputs[case]["z_next"], want["z_next"])
+            for key in ("h_next", "action_next"):
+                np.testing.assert_allclose(outputs[case][key], want[key], atol=1e-5,
+                                           err_msg=f"{what} {case} {key}")

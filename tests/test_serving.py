@@ -363,3 +363,80 @@ def test_exported_planner_refuses_bad_settings(exported):
     stale.reset(1)
     with pytest.raises(ServingError, match="has no plan_discrete signature"):
         stale.plan("discrete", np.full((1, 1, 8, 3, 2), 0.5, np.float32), 2)
+
+
+@pytest.mark.parametrize("sample", [True, False])
+def test_the_exported_actor_acts_as_the_keras_actor_in_cartpole(model_path, clients,
+                                                                 tmp_path, sample):
+    """The Dreamer's actor from the export (one ``act`` call per step) against the Keras
+    ``ActorPolicy`` on the same CartPole seeds and the same actor noise: every backend
+    takes the same actions, so the episodes' returns are the same."""
+    from rssm_tf_serving.planner import ClientActor
+
+    from rssm_tf.agent import run_episodes
+    from rssm_tf.dreamer import ActorPolicy
+    from rssm_tf.episodes import load_episode
+    from rssm_tf.saving import load_world_model
+
+    def run(policy, name):
+        results = run_episodes("CartPole-v1", policy, episodes=3, seed=10, max_steps=40,
+                               directory=tmp_path / name)
+        actions = [load_episode(r["path"])["action"] for r in results]
+        return [r["return"] for r in results], actions
+
+    keras_policy = ActorPolicy(load_world_model(model_path, compile=False), sample=sample,
+                               seed=5)
+    want_returns, want_actions = run(keras_policy, "keras")
+    assert all(a.shape[1] == 2 and np.all(a[1:].sum(-1) == 1) for a in want_actions)
+    if sample:  # the sampled actor really varies its actions
+        assert len({int(a) for x in want_actions for a in x[1:].argmax(-1)}) == 2
+    for name in ("onnx", "litert", "savedmodel", "rest", "grpc"):
+        returns, actions = run(ClientActor(clients[name], sample=sample, seed=5), name)
+        assert returns == want_returns, name
+        for got, want in zip(actions, want_actions):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_act_keeps_its_action_in_the_saved_state_and_refuses_bad_inputs(clients, tmp_path):
+    from rssm_tf_serving.planner import ClientActor
+
+    client = clients["onnx"]
+    data = episode(client, seed=3, steps=3, batch=2)
+    noise = np.random.default_rng(0).uniform(0.01, 0.99, (3, 2, 2)).astype("f")
+    client.reset(2)
+    first = client.act(data["obs"][0], noise=noise[0])
+    np.testing.assert_array_equal(first["action"].sum(-1), 1.0)  # one-hot, CartPole-like
+    np.testing.assert_array_equal(client.state["action"], first["action"])
+    saved = client.save_state(tmp_path / "state.npz")
+    second = client.act(data["obs"][1], noise=noise[1])  # its action input: first's
+    client.load_state(saved)
+    again = client.act(data["obs"][1], noise=noise[1])
+    for key in ("action", "h", "z"):
+        np.testing.assert_array_equal(second[key], again[key])
+    client.load_state(saved)
+    client.action = np.zeros((2, 2), np.float32)  # overridden by the explicit action
+    explicit = client.act(data["obs"][1], action=first["action"], noise=noise[1])
+    np.testing.assert_array_equal(explicit["h"], second["h"])
+    before = client.state
+    with pytest.raises(ValueError, match=r"noise must have shape \[2, 2\]"):
+        client.act(data["obs"][2], noise=noise[2][:1])
+    with pytest.raises(ValueError, match="strictly between 0 and 1 for a discrete actor"):
+        client.act(data["obs"][2], noise=np.zeros((2, 2), "f"))
+    with pytest.raises(ValueError, match="sample must be 'sample' or 'mode'"):
+        client.act(data["obs"][2], sample="greedy")
+    with pytest.raises(ValueError, match=r"action must have shape \[2, 2\]"):
+        client.act(data["obs"][2], action=np.zeros((2, 3)))
+    for key, value in client.state.items():  # refused before anything changed
+        np.testing.assert_array_equal(value, before[key])
+    with pytest.raises(RuntimeError, match=r"call reset\(batch_size\) first"):
+        ClientActor(WorldModelClient(client.backend, client.manifest)).observe(
+            np.zeros((1, 2)), data["obs"][0][:1])
+    no_actor = {**client.manifest, "actor": None,
+                "signatures": {k: v for k, v in client.manifest["signatures"].items()
+                               if not k.startswith("act")}}
+    plain = WorldModelClient(client.backend, no_actor)
+    plain.reset(1)
+    with pytest.raises(ServingError, match="has no actor"):
+        plain.act(data["obs"][0][:1])
+    with pytest.raises(ValueError, match="has no actor"):
+        ClientActor(plain)
