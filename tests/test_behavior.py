@@ -281,6 +281,31 @@ def test_dreamer_update_compiled_equals_eager():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_imag_last_imagines_from_the_last_steps_of_each_sequence(monkeypatch):
+    """DreamerV3's ``imag_last``: the starts are the posterior states of the last K
+    steps, the same states the full update starts from there (same weights, same step)."""
+    import rssm_tf.dreamer
+
+    seen = []
+
+    def recording(rssm, actor, h, z, *args):
+        seen.append(h.numpy())
+        return imagine(rssm, actor, h, z, *args)
+
+    monkeypatch.setattr(rssm_tf.dreamer, "imagine", recording)
+    batch = {k: tf.constant(v) for k, v in sine_batches(1, 3, 6, discrete=True)[0].items()}
+    for last in (0, 2):
+        keras.utils.set_random_seed(4)  # the same weights
+        model = Dreamer(CONFIG, BehaviorConfig(layers=1, units=16, horizon=2,
+                                               imag_last=last), seed=2)
+        model.compile(jit_compile=False)
+        model._update(batch)  # eagerly: the recorder sees the starts
+    every, last_two = seen
+    assert every.shape[0] == 3 * 6 and last_two.shape[0] == 3 * 2
+    time_major = every.reshape(6, 3, -1)  # starts are [T * B] rows, time-major
+    np.testing.assert_array_equal(last_two, time_major[-2:].reshape(6, -1))
+
+
 def test_dreamer_keras_round_trip_resumes_bit_identically(tmp_path, op_determinism):
     batches = sine_batches(4, 3, 6, discrete=True)
 
@@ -313,6 +338,7 @@ def test_dreamer_keras_round_trip_resumes_bit_identically(tmp_path, op_determini
     ("horizon", 0, "horizon"), ("discount", 1.5, "discount"), ("unimix", 1.0, "unimix"),
     ("max_std", 0.05, "max_std"), ("return_low", 96.0, "return_low"),
     ("units", -1, "units"), ("discrete", 1, "discrete"), ("actor_lr", 0.0, "actor_lr"),
+    ("imag_last", -1, "imag_last"),
 ])
 def test_behavior_config_names_the_bad_field(field, value, words):
     with pytest.raises(ValueError, match=words):
