@@ -7,8 +7,11 @@ Collects with the actor into ``<out>/<env>/episodes``, trains at ``--train-ratio
 replayed steps per environment step (one compiled update per batch: world model,
 imagination, actor, critic), evaluates the actor's mode on 10 episodes every
 ``--eval-every`` steps, checkpoints ``<out>/<env>/agent.keras`` after every round and
-resumes from it when run again. Writes ``<out>/<env>/agent.json``: the evaluations,
-with environment steps and wall time.
+resumes from it when run again; stops at ``--target`` (the solved return: 475 for
+CartPole-v1, -200 for Pendulum-v1). Then exports the checkpoint (``<out>/<env>/export``:
+SavedModel, ONNX, parity report) and evaluates the exported actor with ONNX Runtime on
+the same evaluation seeds. Writes ``<out>/<env>/agent.json``: the evaluations, with
+environment steps and wall time, and the Keras and ONNX Runtime returns side by side.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ import quiet_tf  # noqa: E402,F401  (before TensorFlow is imported)
 
 # isort: split
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from rssm_tf import BehaviorConfig, Dreamer, RssmConfig  # noqa: E402
 from rssm_tf.agent import action_bounds, train_agent  # noqa: E402
 from rssm_tf.collect import make_env  # noqa: E402
 from rssm_tf.episodes import observation_keys  # noqa: E402
+
+#: the return that counts as solved (gymnasium's reward threshold, Pendulum's customary)
+TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0}
 
 #: a small world model and actor-critic for the classic-control tasks
 SIZES = dict(deterministic_size=256, n_categories=16, n_classes=16, hidden_size=256,
@@ -55,6 +62,28 @@ def build(env_id: str, seed: int, units: int, lr: float, imag_last: int = 0,
     return model
 
 
+def evaluate_export(env_id: str, run: Path, seed: int, episodes: int) -> dict:
+    """Exports ``run/agent.keras`` into a fresh version under ``run/export`` and runs the
+    exported actor's mode with ONNX Runtime on ``train_agent``'s evaluation seeds."""
+    from rssm_tf_export.exporter import export_model
+    from rssm_tf_serving.client import WorldModelClient
+    from rssm_tf_serving.planner import ClientActor
+
+    from rssm_tf.agent import eval_seed, run_episodes
+
+    t0 = time.time()
+    manifest = export_model(run / "agent.keras", run / "export", name="agent", verbose=False)
+    exported = time.time() - t0
+    client = WorldModelClient.from_export(run / "export", "onnx")
+    results = run_episodes(env_id, ClientActor(client, sample=False), episodes,
+                           seed=eval_seed(seed))
+    returns = [float(r["return"]) for r in results]
+    return {"backend": "onnx", "version": manifest["version"],
+            "parity_passed": manifest["parity"]["passed"], "export_seconds": round(exported, 1),
+            "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
+            "returns": returns}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1")
@@ -69,6 +98,10 @@ def main() -> None:
     parser.add_argument("--actor-lr", type=float, default=3e-5)
     parser.add_argument("--imag-last", type=int, default=0,
                         help="imagine from the last K steps of each sequence (0: all)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="stop once an evaluation reaches it (default: TARGETS)")
+    parser.add_argument("--no-export", action="store_true",
+                        help="skip the export and the ONNX Runtime evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/agent")
     args = parser.parse_args()
@@ -76,17 +109,23 @@ def main() -> None:
     run.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     model = build(args.env, args.seed, args.units, args.lr, args.imag_last, args.actor_lr)
+    target = TARGETS.get(args.env) if args.target is None else args.target
     t0 = time.time()
     evals = train_agent(model, args.env, run / "episodes", args.steps,
                         train_ratio=args.train_ratio,
                         episodes_per_round=args.episodes_per_round,
                         batch_size=args.batch_size, seq_len=args.seq_len,
                         eval_every=args.eval_every, checkpoint=run / "agent.keras",
-                        seed=args.seed)
+                        seed=args.seed, stop_at=target)
     summary = {"env": args.env, "args": vars(args), "evaluations": evals,
                "seconds_this_run": round(time.time() - t0, 1),
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cores": os.cpu_count(),
                "machine": platform.processor() or platform.machine()}
+    if not args.no_export and evals:
+        summary["exported"] = evaluate_export(args.env, run, args.seed, len(evals[-1]["returns"]))
+        summary["exported"]["keras_mean_return"] = evals[-1]["mean_return"]
+        print(f"exported actor (ONNX Runtime): {summary['exported']['mean_return']:.1f} on "
+              f"the evaluation seeds; Keras {evals[-1]['mean_return']:.1f}")
     (run / "agent.json").write_text(json.dumps(summary, indent=1))
     best = max(evals, key=lambda e: e["mean_return"]) if evals else None
     if best:

@@ -173,12 +173,19 @@ def action_bounds(env_id: str) -> tuple[bool, int, float, float]:
     return False, int(np.prod(space.shape)), float(low[0]), float(high[0])
 
 
+def eval_seed(seed: int = 0) -> int:
+    """The first evaluation episode's seed of a :func:`train_agent` run with ``seed``
+    (far from the collection seeds, so no evaluation episode was trained on)."""
+    return 10_000_000 + seed
+
+
 def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps: int,
                 train_ratio: float = 64.0, episodes_per_round: int = 4,
                 batch_size: int = 16, seq_len: int = 64, eval_every: int = 5000,
                 eval_episodes: int = 10, checkpoint: str | os.PathLike | None = None,
                 checkpoint_rounds: int = 10, seed: int = 0, max_steps: int | None = None,
-                log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+                log: Callable[[str], None] | None = print,
+                stop_at: float | None = None) -> list[dict[str, Any]]:
     """DreamerV3's loop with a :class:`~rssm_tf.Dreamer`: collect episodes with the
     actor (sampled) into ``directory``, train at ``train_ratio`` replayed steps per
     environment step, evaluate the actor's mode every ``eval_every`` environment
@@ -192,8 +199,11 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
     ``checkpoint_rounds`` rounds and at every evaluation, with the loop's progress
     beside it (``<checkpoint>.json``); a run started again with the same arguments
     resumes from both (the rounds after the last save are collected again, into new
-    files: the episodes already written stay and are trained on). Returns the evaluations:
-    ``env_steps``, ``mean_return``, ``std_return``, ``returns``, ``seconds``.
+    files: the episodes already written stay and are trained on). ``stop_at``: stop
+    after the first evaluation whose mean return reaches it (the checkpoint is then
+    that model). Evaluations run on the seeds ``eval_seed(seed)``, ``+ 1``, ... every
+    time. Returns the evaluations: ``env_steps``, ``mean_return``, ``std_return``,
+    ``returns``, ``seconds``.
     """
     import json
 
@@ -208,6 +218,9 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
         check_positive_int(name, value)
     if not isinstance(train_ratio, (int, float)) or not train_ratio > 0:
         raise ValueError(f"train_ratio must be > 0, got {train_ratio!r}")
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(
+            stop_at, (int, float)) or not np.isfinite(stop_at)):
+        raise ValueError(f"stop_at must be a finite number or None, got {stop_at!r}")
     progress = {"env_steps": 0, "round": 0, "updates": 0, "debt": 0.0, "evals": [],
                 "seconds": 0.0}
     state_path = None if checkpoint is None else Path(str(checkpoint) + ".json")
@@ -222,7 +235,11 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
     # compiled once for the run; the collector's noise is reseeded every round
     collector, evaluator = ActorPolicy(model, sample=True), ActorPolicy(model, sample=False)
     start = time.time() - progress["seconds"]
-    while progress["env_steps"] < env_steps:
+    def reached() -> bool:
+        return stop_at is not None and bool(progress["evals"]) \
+            and progress["evals"][-1]["mean_return"] >= stop_at
+
+    while progress["env_steps"] < env_steps and not reached():
         index = progress["round"]
         collector.rng = np.random.default_rng(seed + index)
         got = run_episodes(env_id, collector, episodes_per_round, seed=seed + 1000 * (index + 1),
@@ -246,7 +263,7 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
         evaluate = progress["env_steps"] >= next_eval or done
         if evaluate:
             next_eval = (progress["env_steps"] // eval_every + 1) * eval_every
-            evaluation = run_episodes(env_id, evaluator, eval_episodes, seed=10_000_000 + seed,
+            evaluation = run_episodes(env_id, evaluator, eval_episodes, seed=eval_seed(seed),
                                       max_steps=max_steps)
             returns = [r["return"] for r in evaluation]
             entry = {"env_steps": progress["env_steps"], "updates": progress["updates"],

@@ -378,3 +378,14 @@ def test_train_agent_collects_trains_evaluates_and_resumes(tmp_path):
     after = json.loads((tmp_path / "agent.keras.json").read_text())
     assert after["resumes"] == 1 and after["env_steps"] >= 100
     assert more[:len(evals)] == evals and len(EpisodeStore(episodes)) > first_files
+    # stop_at: a run whose last evaluation reached it collects nothing more
+    files = len(EpisodeStore(episodes))
+    assert train_agent(model, "CartPole-v1", episodes, 10_000, stop_at=0.0, **kwargs) == more
+    assert len(EpisodeStore(episodes)) == files
+    # and a fresh one stops at its first evaluation that does, far short of the budget
+    fresh = dict(kwargs, checkpoint=None)
+    stopped = train_agent(model, "CartPole-v1", tmp_path / "other", 10_000, stop_at=0.0,
+                          **fresh)
+    assert len(stopped) == 1 and stopped[0]["env_steps"] < 100
+    with pytest.raises(ValueError, match="stop_at must be a finite number"):
+        train_agent(model, "CartPole-v1", episodes, 10, stop_at=float("nan"), **kwargs)
