@@ -258,6 +258,12 @@ def train_agent(model: Any, env_id: str, directory: str | os.PathLike, env_steps
             fit = model.fit(data, epochs=1, steps_per_epoch=updates, verbose=0)
             progress["updates"] += updates
             progress["last_logs"] = {k: float(v[-1]) for k, v in fit.history.items()}
+            broken = sorted(k for k, v in progress["last_logs"].items() if not np.isfinite(v))
+            if broken:  # raised before the checkpoint could be overwritten with it
+                raise FloatingPointError(
+                    f"[{env_id}] round {index}: the update produced non-finite {broken}"
+                    + (f"; {checkpoint} keeps the last finite model (run again to resume "
+                       "from it)" if checkpoint is not None else ""))
         progress["round"] = index + 1
         done = progress["env_steps"] >= env_steps
         evaluate = progress["env_steps"] >= next_eval or done

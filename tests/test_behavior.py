@@ -352,7 +352,7 @@ def test_trajectory_feat_is_h_then_z():
     np.testing.assert_array_equal(traj.feat().numpy()[0, 0], [1, 1, 1, 0, 0])
 
 
-def test_train_agent_collects_trains_evaluates_and_resumes(tmp_path):
+def test_train_agent_collects_trains_evaluates_and_resumes(tmp_path, monkeypatch):
     """CartPole for a few rounds: the actor's episodes land in the directory, the
     updates owed by the train ratio run, each evaluation has 2 returns; run again with
     a larger budget, the loop resumes from the checkpoint and its progress (no episode
@@ -389,3 +389,14 @@ def test_train_agent_collects_trains_evaluates_and_resumes(tmp_path):
     assert len(stopped) == 1 and stopped[0]["env_steps"] < 100
     with pytest.raises(ValueError, match="stop_at must be a finite number"):
         train_agent(model, "CartPole-v1", episodes, 10, stop_at=float("nan"), **kwargs)
+    # an update that goes non-finite stops the loop before the checkpoint is touched
+    saved = ckpt.read_bytes()
+
+    class NanHistory:
+        history = {"loss": [float("nan")], "actor_loss": [0.5]}
+
+    # on the class: the resumed run trains the model it loads from the checkpoint
+    monkeypatch.setattr(Dreamer, "fit", lambda *args, **kw: NanHistory())
+    with pytest.raises(FloatingPointError, match=r"non-finite \['loss'\].*keeps the last"):
+        train_agent(model, "CartPole-v1", episodes, 10_000, **kwargs)
+    assert ckpt.read_bytes() == saved
