@@ -46,8 +46,22 @@ def uniform_at(index: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     seed = tf.cast(seed, tf.int64)
     key = _hash32(_hash32(seed[0] + 0x9E3779B9) + seed[1])
     bits = _hash32(_hash32(tf.cast(index, tf.int64) + key) + key)
-    # 24 random bits -> centre of one of 2**24 equal cells: strictly inside (0, 1)
-    return (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (1.0 / 2 ** 24)
+    return cell_centre(tf.bitwise.right_shift(bits, 8))
+
+
+# the largest float32 below 1
+_BELOW_ONE = 1.0 - 2.0 ** -24
+
+
+def cell_centre(bits: tf.Tensor) -> tf.Tensor:
+    """24 random bits -> the centre of one of 2**24 equal cells of (0, 1), float32.
+
+    The last cell's centre, 1 - 2**-25, rounds to 1.0 in float32 (where ``ndtri`` is
+    infinite: once in 2**24 draws, a continuous actor's imagined action was, and its
+    loss NaN); it is held at the largest float32 below 1, so every draw is strictly
+    inside (0, 1)."""
+    centre = (tf.cast(bits, tf.float32) + 0.5) * (1.0 / 2 ** 24)
+    return tf.minimum(centre, _BELOW_ONE)
 
 
 def mix_logits(logits: tf.Tensor, unimix: float) -> tf.Tensor:

@@ -34,6 +34,21 @@ def test_training_noise_is_the_transposed_draw():
     np.testing.assert_array_equal(noise.numpy(), np.transpose(expected.numpy(), [1, 0, 2, 3]))
 
 
+def test_uniform_cells_stay_strictly_inside_0_1_also_under_xla():
+    """The first and last of the 2**24 cells: the last centre rounds to 1.0 in float32
+    unless held below it, and ndtri(1.0) is infinite (a continuous actor's NaN)."""
+    from rssm_tf.latents import cell_centre
+
+    bits = tf.constant([0, 1, 2 ** 23, 2 ** 24 - 2, 2 ** 24 - 1], tf.int64)
+    want = np.array([2.0 ** -25, 1.5 * 2.0 ** -24, 0.5 + 2.0 ** -25, 1 - 1.5 * 2.0 ** -24,
+                     np.nextafter(np.float32(1), np.float32(0))], np.float32)
+    for fn in (cell_centre, tf.function(cell_centre, jit_compile=True)):
+        got = fn(bits).numpy()
+        np.testing.assert_array_equal(got, want)
+        assert np.all((got > 0) & (got < 1))
+        assert np.all(np.isfinite(tf.math.ndtri(got).numpy()))
+
+
 def test_initial_reward_loss_is_log_bins():
     model = WorldModel(CONFIG)
     batch = model.validate_batch(sine_batches(1)[0])
