@@ -16,6 +16,9 @@ that also trains an actor and a critic in imagination under ``fit``;
 ``ActorPolicy(model)`` acts with it.
 """
 
+# first: asks TensorFlow for its oneDNN CPU kernels before TensorFlow loads (rssm_tf/cpu.py)
+from rssm_tf import cpu  # noqa: F401, I001  # isort: skip
+
 from rssm_tf.behavior import Actor, Critic, ReturnNormalizer, lambda_returns
 from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
 from rssm_tf.config import BehaviorConfig, KlBalanceConfig, RssmConfig

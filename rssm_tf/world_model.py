@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from rssm_tf.config import KlBalanceConfig, RssmConfig
+from rssm_tf.cpu import onednn_enabled
 from rssm_tf.episodes import STEP_KEYS
 from rssm_tf.heads import ObsDecoder, image_to_float
 from rssm_tf.latents import uniform_at
@@ -131,7 +132,8 @@ class WorldModel(keras.Model):
         (XLA's CPU convolutions ran 1.5-1.85x slower than TensorFlow's oneDNN kernels in
         ``benchmarks/train_speed.py``; on GPUs XLA stays on), under a strategy with
         several replicas on CPU devices (XLA cannot reach one logical CPU's variables
-        from another) and while TF op determinism is on (as Keras does).
+        from another) and while TF op determinism is on (as Keras does). An image model
+        on CPUs warns when TensorFlow's oneDNN kernels are off (:mod:`rssm_tf.cpu`).
         ``model.jit_compile`` then says whether the update runs under XLA.
 
         The loss and the logged metrics are built in: ``loss=``, ``metrics=`` and
@@ -150,6 +152,13 @@ class WorldModel(keras.Model):
             on_cpu = not tf.config.list_logical_devices("GPU") if single else all(
                 "CPU" in d.upper() for d in strategy.extended.worker_devices)
             jit_compile = not on_cpu or (single and not self.config.image_keys)
+            if on_cpu and self.config.image_keys and not onednn_enabled():
+                warnings.warn(
+                    "WorldModel.compile: TensorFlow runs Eigen's CPU convolutions, not "
+                    "oneDNN's (TensorFlow was imported before rssm_tf on a CPU without "
+                    "AVX512_VNNI/AMX, or TF_ENABLE_ONEDNN_OPTS=0); an image update takes "
+                    "about 1.8x as long. Set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is "
+                    "imported (rssm_tf/cpu.py)", stacklevel=2)
             if not jit_compile and not single:
                 warnings.warn("WorldModel.compile: several replicas on CPU devices; XLA "
                               "is off for this strategy", stacklevel=2)

@@ -4,11 +4,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# rssm_tf before TensorFlow, as a user's script usually has it: the tests run the CPU
+# kernels a user gets (rssm_tf/cpu.py)
+from rssm_tf import BehaviorConfig, Dreamer, RssmConfig  # noqa: E402, I001  # isort: skip
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from rssm_tf import BehaviorConfig, Dreamer, RssmConfig  # noqa: E402
 
 # The model the export and serving tests share (exported once per test session).
 EXPORT_CONFIG = RssmConfig(obs_dim=4, action_dim=2, deterministic_size=32, n_categories=4,

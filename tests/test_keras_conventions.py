@@ -4,6 +4,7 @@ the one private Keras/TensorFlow hook it relies on, pinned."""
 
 import ast
 import inspect
+import os
 import warnings
 from pathlib import Path
 
@@ -69,9 +70,15 @@ def test_jit_compile_tells_whether_the_update_runs_under_xla():
 def test_the_private_hooks_this_library_relies_on_still_exist():
     """If a Keras or TensorFlow upgrade changes these, world_model.py must change too
     (see the comments at ``WorldModel._maybe_symbolic_build`` and
-    ``op_determinism_enabled``)."""
+    ``op_determinism_enabled``), or cpu.py (``onednn_enabled``)."""
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
     from tensorflow.python.framework import config as tf_config
+    from tensorflow.python.util import _pywrap_util_port
+
+    # conftest imports rssm_tf first, which asks for oneDNN's kernels unless the
+    # variable was set before the tests started
+    wanted = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") in ("1", "true")
+    assert _pywrap_util_port.IsMklEnabled() is wanted
 
     hook = TensorFlowTrainer._maybe_symbolic_build
     assert list(inspect.signature(hook).parameters) == ["self", "iterator", "data_batch"]
