@@ -13,7 +13,7 @@ wall time. For the loop's products it also reports the rate at which they read t
 loop's weights (every step reads each kernel once per direction).
 
     python benchmarks/profile_update.py [--batch 16] [--seq 64] [--updates 5]
-                                        [--top 12] [--json PATH]
+                                        [--top 12] [--isa native|avx2] [--json PATH]
 
 Writes ``benchmarks/results/profile_update.json`` and ``.md`` (see ``results.py``).
 """
@@ -32,11 +32,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import add_cpu_switches, cpu_switches, markdown_table, write_results  # noqa: E402,I001
+
+cpu_switches(sys.argv)  # --isa, --onednn: before TensorFlow loads
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from results import markdown_table, write_results  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 from train_speed import make_batch, timed  # noqa: E402
 
@@ -93,6 +95,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=12, help="kernels listed per group")
     parser.add_argument("--json", default=None,
                         help="JSON path (default benchmarks/results/profile_update.json)")
+    add_cpu_switches(parser)
     args = parser.parse_args()
     for name in ("batch", "seq", "updates"):
         if getattr(args, name) <= 0:

@@ -3,7 +3,8 @@
 Every benchmark ends with :func:`write_results`, which writes
 ``benchmarks/results/<name>.json`` (the full report) and ``<name>.md`` (its table), both
 headed by :func:`machine`: the date, the cores this process may use, the CPU model, the
-CPU's vector extensions, the ISA caps set for oneDNN and XLA, and the float32 matmul
+CPU's vector extensions, the ISA caps set for oneDNN and XLA, whether TensorFlow runs
+its oneDNN or Eigen CPU kernels, and the float32 matmul
 peak measured in the same run, so that a table read later says what it was measured on.
 ``python benchmarks/report.py`` gathers the ``.md`` files into ``docs/performance.md``.
 """
@@ -14,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,55 @@ def isa_caps() -> dict[str, str | None]:
             "xla_cpu_max_isa": xla[0].split("=", 1)[1] if xla else None}
 
 
+def cpu_switches(argv: list[str]) -> None:
+    """Applies ``--isa avx2`` and ``--onednn 0|1`` from ``argv`` before TensorFlow loads
+    (oneDNN and XLA read their variables once, at load): ``--isa avx2`` caps oneDNN
+    (``ONEDNN_MAX_CPU_ISA``) and XLA (``--xla_cpu_max_isa``) at AVX2, so a newer CPU
+    measures AVX2 kernels; ``--onednn`` sets ``TF_ENABLE_ONEDNN_OPTS`` (TensorFlow's
+    choice of Eigen's or oneDNN's CPU kernels; rssm_tf asks for oneDNN's when it is
+    unset, rssm_tf/cpu.py). The scripts declare the same flags for ``--help``."""
+    def value(flag: str) -> str | None:
+        for i, arg in enumerate(argv):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+        return None
+
+    isa, onednn = value("--isa"), value("--onednn")
+    if isa not in (None, "native", "avx2"):
+        raise SystemExit(f"--isa must be native or avx2, got {isa!r}")
+    if onednn not in (None, "0", "1"):
+        raise SystemExit(f"--onednn must be 0 or 1, got {onednn!r}")
+    if "tensorflow" in sys.modules:
+        raise RuntimeError("cpu_switches must run before TensorFlow is imported")
+    if isa == "avx2":
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_max_isa=AVX2").strip()
+    if onednn is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    import rssm_tf  # noqa: F401  (before TensorFlow: the library's kernel choice applies)
+
+
+def add_cpu_switches(parser: Any) -> None:
+    """The ``--isa`` and ``--onednn`` flags :func:`cpu_switches` applied, for ``--help``."""
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+                        help="cap oneDNN's and XLA's kernels at AVX2 (set before TF loads)")
+    parser.add_argument("--onednn", choices=("0", "1"), default=None,
+                        help="TF_ENABLE_ONEDNN_OPTS: Eigen's (0) or oneDNN's (1) CPU kernels "
+                             "(default: rssm_tf's choice, oneDNN's unless already set)")
+
+
+def onednn_kernels() -> bool | None:
+    """Whether TensorFlow runs oneDNN's CPU kernels in this process (None: not loaded)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def matmul_peak(dtype: str = "float32", n: int = 2048, iters: int = 10) -> float:
     """GFLOP/s of an ``n``-cubed matmul under XLA: the machine's practical peak."""
     import tensorflow as tf
@@ -78,7 +129,7 @@ def machine(peak_gflops: float | None = None) -> dict[str, Any]:
         cores = os.cpu_count() or 1
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cores": cores, "cpu": cpu_model(), "cpu_flags": cpu_flags(),
-            "isa_caps": isa_caps(),
+            "isa_caps": isa_caps(), "onednn_kernels": onednn_kernels(),
             "matmul_float32_gflops": round(peak_gflops if peak_gflops is not None
                                            else matmul_peak(), 1)}
 
@@ -86,8 +137,10 @@ def machine(peak_gflops: float | None = None) -> dict[str, Any]:
 def describe(info: dict[str, Any]) -> str:
     """One line: date, cores, CPU, flags, caps, matmul peak."""
     caps = ", ".join(f"{k}={v}" for k, v in info["isa_caps"].items() if v) or "no ISA cap"
+    kernels = {True: "; TensorFlow's oneDNN kernels", False: "; TensorFlow's Eigen kernels",
+               None: ""}[info.get("onednn_kernels")]
     return (f"{info['date']}; {info['cores']} cores, {info['cpu']} "
-            f"({' '.join(info['cpu_flags']) or 'no AVX2'}; {caps}); float32 matmul peak "
+            f"({' '.join(info['cpu_flags']) or 'no AVX2'}; {caps}{kernels}); float32 matmul peak "
             f"{info['matmul_float32_gflops']:.0f} GFLOP/s")
 
 
@@ -106,10 +159,13 @@ def write_results(name: str, title: str, report: dict[str, Any], table: str,
                   json_path: str | os.PathLike | None = None) -> Path:
     """Writes ``results/<name>.json`` (``report`` with ``machine``) and ``<name>.md``
     (``title``, the machine line, ``table``, ``notes``); returns the JSON path. A run
-    under an ISA cap writes ``<name>-<cap>.*`` so both ISAs' tables are kept."""
+    under an ISA cap writes ``<name>-<cap>.*`` and one with TensorFlow's Eigen kernels
+    ``<name>-eigen.*``, so every variant's table is kept."""
     info = info or machine()
     cap = info["isa_caps"]["ONEDNN_MAX_CPU_ISA"] or info["isa_caps"]["xla_cpu_max_isa"]
     stem = f"{name}-{cap.lower()}" if cap else name
+    if info.get("onednn_kernels") is False:
+        stem += "-eigen"
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(json_path) if json_path else RESULTS / f"{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +173,8 @@ def write_results(name: str, title: str, report: dict[str, Any], table: str,
     tmp.write_text(json.dumps({"machine": info, **report}, indent=2))
     os.replace(tmp, out)
     md = RESULTS / f"{stem}.md"
-    heading = title + (f" (ISA capped: {cap})" if cap else "")
+    heading = title + (f" (ISA capped: {cap})" if cap else "") + (
+        " (Eigen kernels)" if info.get("onednn_kernels") is False else "")
     text = f"### {heading}\n\n{describe(info)}; `{report.get('command', name)}`\n\n{table}\n"
     if notes:
         text += f"\n{notes}\n"

@@ -14,7 +14,8 @@ encoder and decoder at depth 32, no vector), with XLA and as a ``tf.function`` (
 (which need an odd kernel) in alternating rounds.
 
     python benchmarks/train_speed.py [--batch 16] [--seq 64] [--iters 10] [--rounds 3]
-                                     [--image 64] [--json PATH]
+                                     [--image 64] [--quick] [--isa native|avx2]
+                                     [--onednn 0|1] [--json PATH]
 
 Writes ``benchmarks/results/train_speed.json`` and ``.md`` (see ``results.py``).
 
@@ -36,11 +37,20 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import (  # noqa: E402
+    add_cpu_switches,
+    cpu_switches,
+    machine,
+    markdown_table,
+    matmul_peak,
+    write_results,
+)
+
+cpu_switches(sys.argv)  # --isa, --onednn: before TensorFlow loads
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from results import machine, markdown_table, matmul_peak, write_results  # noqa: E402
 
 from rssm_tf import RssmConfig, RssmState  # noqa: E402
 from rssm_tf.world_model import WorldModel  # noqa: E402
@@ -197,18 +207,23 @@ def main() -> int:
                         help="image rows at SIZE x SIZE x 3 (64; 0 skips them)")
     parser.add_argument("--json", default=None,
                         help="JSON path (default benchmarks/results/train_speed.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the rows of the TorchRL ratios and imagination (no "
+                             "autodiff, mixed_bfloat16, eager or image-XLA rows)")
+    add_cpu_switches(parser)
     args = parser.parse_args()
     config = RssmConfig(obs_dim=args.obs_dim, action_dim=args.action_dim)
     b, t = args.batch, args.seq
     rows = {}
     rows["xla (hand-written backward)"], xla_step = ours(config, b, t, "xla", args.iters,
                                                         args.warmup)
-    rows["xla, autodiff backward"] = ours(config, b, t, "xla", args.iters, args.warmup,
-                                          manual=False)[0]
-    rows["xla, mixed_bfloat16"] = ours(config, b, t, "xla", args.iters, args.warmup,
-                                       precision="mixed_bfloat16")[0]
-    rows["tf.function"] = ours(config, b, t, "function", args.iters, args.warmup)[0]
-    rows["eager"] = ours(config, b, t, "eager", args.eager_iters, 0)[0]
+    if not args.quick:
+        rows["xla, autodiff backward"] = ours(config, b, t, "xla", args.iters, args.warmup,
+                                              manual=False)[0]
+        rows["xla, mixed_bfloat16"] = ours(config, b, t, "xla", args.iters, args.warmup,
+                                           precision="mixed_bfloat16")[0]
+        rows["tf.function"] = ours(config, b, t, "function", args.iters, args.warmup)[0]
+        rows["eager"] = ours(config, b, t, "eager", args.eager_iters, 0)[0]
     rounds = None
     if not args.no_torchrl:
         try:
@@ -226,8 +241,9 @@ def main() -> int:
     if args.image:
         image_config = RssmConfig(obs_dim=0, action_dim=args.action_dim,
                                   image_shape=(args.image, args.image, 3))
-        rows[f"image {args.image}x{args.image}x3, xla"] = ours(
-            image_config, b, t, "xla", args.iters, args.warmup)[0]
+        if not args.quick:
+            rows[f"image {args.image}x{args.image}x3, xla"] = ours(
+                image_config, b, t, "xla", args.iters, args.warmup)[0]
         rows[f"image {args.image}x{args.image}x3, tf.function"] = ours(
             image_config, b, t, "function", args.iters, args.warmup)[0]
         # TorchRL's image modules need an odd kernel: both at kernel 5, our default
@@ -263,7 +279,7 @@ def main() -> int:
     if image_config is not None:
         print(f"image rows: {args.image}x{args.image}x3 frames only, CNN depth "
               f"{image_config.cnn_depth} ({image_config.cnn_stages} stages), update = "
-              f"{rows[f'image {args.image}x{args.image}x3, xla']['gflop']:.1f} GFLOP")
+              f"{rows[f'image {args.image}x{args.image}x3, tf.function']['gflop']:.1f} GFLOP")
     report = {"config": config.to_dict(), "batch": b, "seq": t, "rows": rows,
               "image_config": image_config.to_dict() if image_config else None,
               "imagine_1024x15": imagine, "matmul_gflops": {"float32": peak32,

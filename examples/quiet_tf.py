@@ -34,7 +34,8 @@ EXPECTED = re.compile(
 
 
 def load_tensorflow() -> None:
-    """Imports TensorFlow and lists its devices with the expected probe lines dropped."""
+    """Imports rssm_tf and TensorFlow and lists the devices with the expected probe lines
+    dropped."""
     if "tensorflow" in sys.modules:
         return
     sys.stderr.flush()
@@ -42,6 +43,9 @@ def load_tensorflow() -> None:
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
+            # rssm_tf first: it asks TensorFlow for oneDNN's CPU kernels before
+            # TensorFlow loads (rssm_tf/cpu.py)
+            import rssm_tf  # noqa: F401, I001
             import tensorflow as tf
 
             tf.config.list_physical_devices()

@@ -85,3 +85,27 @@ def test_a_users_setting_is_kept_and_eigen_kernels_warn_for_an_image_model():
 
     on = probe("import rssm_tf", "1")
     assert on["variable"] == "1" and on["set"] is False and on["enabled"] is True
+
+
+def test_the_benchmarks_cpu_switches_reach_tensorflow_and_name_the_results():
+    """benchmarks/results.py: ``--isa avx2 --onednn 0`` set before TensorFlow loads, the
+    process runs Eigen's kernels under the AVX2 caps, and the tables get their own names."""
+    code = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+from results import cpu_switches, isa_caps, onednn_kernels
+cpu_switches(["x", "--isa", "avx2", "--onednn=0"])
+import tensorflow
+print("RESULT " + json.dumps({"caps": isa_caps(), "onednn": onednn_kernels()}))
+"""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "XLA_FLAGS")}
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, text=True,
+                         capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert out == {"caps": {"ONEDNN_MAX_CPU_ISA": "AVX2", "xla_cpu_max_isa": "AVX2"},
+                   "onednn": False}
+    bad = subprocess.run([sys.executable, "-c", code.replace("avx2", "avx9")], env=env,
+                         cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert bad.returncode != 0 and "--isa must be native or avx2, got 'avx9'" in bad.stderr
