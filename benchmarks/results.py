@@ -76,8 +76,9 @@ def cpu_switches(argv: list[str]) -> None:
         raise SystemExit(f"--isa must be native or avx2, got {isa!r}")
     if onednn not in (None, "0", "1"):
         raise SystemExit(f"--onednn must be 0 or 1, got {onednn!r}")
-    if "tensorflow" in sys.modules:
-        raise RuntimeError("cpu_switches must run before TensorFlow is imported")
+    if "tensorflow" in sys.modules and (isa, onednn) != (None, None):
+        raise RuntimeError("--isa and --onednn must be applied before TensorFlow is "
+                           "imported")
     if isa == "avx2":
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
