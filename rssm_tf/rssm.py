@@ -51,6 +51,15 @@ class KernelView(NamedTuple):
     rows: tuple[int, int] | None
 
 
+class _Untracked:
+    """Holds functions where neither Keras nor ``tf.saved_model`` looks (a dict
+    attribute of a layer is tracked, and a SavedModel of the layer would then carry
+    the XLA-compiled loop, which TF Serving does not run by default)."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, Any] = {}
+
+
 class RssmState(NamedTuple):
     """The recurrent state: ``h`` float32 [B, D] (or [B, T, D] for sequences) and
     ``z`` float32 [B, S*K] (or [B, T, S*K]), S one-hot vectors of K classes."""
@@ -100,6 +109,7 @@ class Rssm(keras.layers.Layer):
         self.twohot = twohot or TwohotEncoder()
         self.seed = seed
         self.manual_gradient = bool(manual_gradient)
+        self._loops = _Untracked()  # observe_time_major's compiled loop
         c = config
         H, D, policy = c.hidden_size, c.deterministic_size, self.dtype_policy
         norm = dict(norm=c.norm, norm_eps=c.norm_eps, activation=c.activation, dtype=policy)
@@ -402,16 +412,30 @@ class Rssm(keras.layers.Layer):
 
     def observe_time_major(self, obs: dict[str, tf.Tensor], actions: tf.Tensor,
                            is_first: tf.Tensor, state: RssmState,
-                           noise: tf.Tensor | None) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
+                           noise: tf.Tensor | None, xla_loop: bool = False
+                           ) -> tuple[RssmState, tf.Tensor, tf.Tensor]:
         """:meth:`observe` on checked, time-major inputs ([T, B, ...] each; ``noise``
         uniform [T, B, S, K] or None for the mode) -> time-major results. The world
         model trains through this form: its losses do not care about the layout, so
-        nothing of size [B, T, ...] is ever transposed."""
+        nothing of size [B, T, ...] is ever transposed.
+
+        ``xla_loop``: run the sequential loop (forward and backward) as a nested
+        ``tf.function(jit_compile=True)`` while the rest runs on TensorFlow's kernels:
+        ``WorldModel.compile`` asks for it for image models on CPUs, whose
+        convolutions stay outside XLA but whose loop is hundreds of small ops a step.
+        Only with the hand-written backward (``manual_gradient``, the default):
+        autodiff's loop keeps TensorLists for its backward, which cannot leave an XLA
+        function, so without it the loop runs on TensorFlow's kernels."""
         first = is_first[..., None]
         a_proj = self._action_proj(actions * (1.0 - first))
         e_proj = self._embed_proj(obs)
         gumbel_noise = None if noise is None else gumbel(noise)  # all steps at once
         loop = partial(observe_scan, self) if self.manual_gradient else self._observe_loop
+        if xla_loop and self.manual_gradient:
+            if "xla" not in self._loops.functions:
+                self._loops.functions["xla"] = tf.function(loop, jit_compile=True,
+                                                           autograph=False)
+            loop = self._loops.functions["xla"]
         hs, zs, posts = loop(state.h, state.z, first, a_proj, e_proj, gumbel_noise)
         return RssmState(hs, zs), posts, self.prior_logits(hs)
 

@@ -130,7 +130,8 @@ class WorldModel(keras.Model):
         ``tf.debugging`` checks (with several replicas Keras compiles the whole step).
         ``jit_compile=None`` means XLA, except on CPU devices for an image model
         (XLA's CPU convolutions ran 1.5-1.85x slower than TensorFlow's oneDNN kernels in
-        ``benchmarks/train_speed.py``; on GPUs XLA stays on), under a strategy with
+        ``benchmarks/train_speed.py``; on GPUs XLA stays on; on one CPU only the
+        observe loop runs under XLA, ``model.xla_loop``), under a strategy with
         several replicas on CPU devices (XLA cannot reach one logical CPU's variables
         from another) and while TF op determinism is on (as Keras does). An image model
         on CPUs warns when TensorFlow's oneDNN kernels are off (:mod:`rssm_tf.cpu`).
@@ -146,11 +147,12 @@ class WorldModel(keras.Model):
                 raise ValueError(f"WorldModel computes its own loss and logs its own "
                                  f"metrics {list(self.metric_names)}; compile({name}=...) is "
                                  "not supported (use a callback to compute more)")
-        if jit_compile is None:
-            strategy = self.distribute_strategy
-            single = strategy.num_replicas_in_sync == 1
-            on_cpu = not tf.config.list_logical_devices("GPU") if single else all(
-                "CPU" in d.upper() for d in strategy.extended.worker_devices)
+        strategy = self.distribute_strategy
+        single = strategy.num_replicas_in_sync == 1
+        on_cpu = not tf.config.list_logical_devices("GPU") if single else all(
+            "CPU" in d.upper() for d in strategy.extended.worker_devices)
+        auto = jit_compile is None
+        if auto:
             jit_compile = not on_cpu or (single and not self.config.image_keys)
             if on_cpu and self.config.image_keys and not onednn_enabled():
                 warnings.warn(
@@ -163,6 +165,10 @@ class WorldModel(keras.Model):
                 warnings.warn("WorldModel.compile: several replicas on CPU devices; XLA "
                               "is off for this strategy", stacklevel=2)
         self.xla = bool(jit_compile) and not op_determinism_enabled()
+        # an image model on one CPU: its convolutions on TensorFlow's kernels, its
+        # observe loop (hundreds of small ops a step) under XLA
+        self.xla_loop = bool(auto and not self.xla and single and on_cpu
+                             and self.config.image_keys and not op_determinism_enabled())
         self._compiled: dict[str, Any] = {}
         # Several replicas: no nested function may hold the optimiser's all-reduce, so
         # Keras compiles the whole step (under XLA the batch checks are then dropped).
@@ -313,7 +319,8 @@ class WorldModel(keras.Model):
         """:meth:`_time_major_losses` and the posterior states [T, B, ...]."""
         state = self.rssm.initial_state(tf.shape(batch["action"])[1])
         states, post, prior = self.rssm.observe_time_major(
-            self._obs(batch), batch["action"], batch["is_first"], state, noise)
+            self._obs(batch), batch["action"], batch["is_first"], state, noise,
+            xla_loop=getattr(self, "xla_loop", False))
         out = self._heads(states)
         recs = reconstruction_losses(self.config, out["recon"], batch)
         rec = tf.add_n(list(recs.values()))

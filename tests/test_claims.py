@@ -109,9 +109,71 @@ def test_xla_is_off_for_image_models_on_cpu_only_and_on_for_vectors():
     vector.compile()
     on_gpu = bool(tf.config.list_logical_devices("GPU"))
     assert image.xla is on_gpu and vector.xla is True
+    # on CPUs the image model's observe loop alone runs under XLA; never when the
+    # whole update does, when the user turned XLA off, or under op determinism
+    assert image.xla_loop is not on_gpu and vector.xla_loop is False
     forced = WorldModel(SMALL)
     forced.compile(jit_compile=False)
-    assert forced.xla is False
+    assert forced.xla is False and forced.xla_loop is False
+    image.compile(jit_compile=False)
+    assert image.xla is False and image.xla_loop is False
+    from tensorflow.python.framework import config  # disable_* is not in the public API
+
+    tf.config.experimental.enable_op_determinism()
+    try:
+        image.compile()
+        assert image.xla is False and image.xla_loop is False
+    finally:
+        config.disable_op_determinism()
+
+
+@pytest.mark.parametrize("manual", [True, False])
+def test_the_observe_loop_under_xla_computes_the_same_loss_and_gradients(manual, tmp_path):
+    """``xla_loop`` (image models on CPUs): the loop as a nested XLA function inside an
+    update on TensorFlow's kernels gives the loss and every gradient of the plain loop.
+    With autodiff's loop (``manual_gradient=False``) it stays on TensorFlow's kernels."""
+    config = RssmConfig(obs_space={"image": (16, 16, 3), "velocity": (2,)}, action_dim=2,
+                        cnn_depth=4, deterministic_size=16, n_categories=4, n_classes=4,
+                        hidden_size=16, n_blocks=2)
+    model = WorldModel(config, seed=3, check_numerics=False)
+    model.rssm.manual_gradient = manual
+    rng = np.random.default_rng(1)
+    b, t = 3, 7
+    first = np.zeros((b, t), "float32")
+    first[:, 0] = first[1, 4] = 1
+    tm = {"image": rng.integers(0, 256, (t, b, 16, 16, 3)).astype("uint8"),
+          "velocity": rng.normal(size=(t, b, 2)).astype("float32"),
+          "action": rng.uniform(-1, 1, (t, b, 2)).astype("float32"),
+          "reward": rng.normal(size=(t, b)).astype("float32"),
+          "is_first": first.T.copy(), "is_terminal": np.zeros((t, b), "float32")}
+    tm = {k: tf.constant(v) for k, v in tm.items()}
+    noise = tf.constant(rng.uniform(0.01, 0.99, (t, b, 4, 4)).astype("float32"))
+
+    def loss_and_grads(xla_loop):
+        model.xla_loop = xla_loop
+
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                loss = model._time_major_losses(tm, noise)[0]
+            return loss, tape.gradient(loss, model.trainable_variables)
+
+        return run()
+
+    plain_loss, plain = loss_and_grads(False)
+    xla_loss, xla = loss_and_grads(True)
+    # the XLA path ran, or was refused
+    assert ("xla" in model.rssm._loops.functions) is manual
+    # and a SavedModel of the layer does not carry the XLA-compiled loop
+    module = tf.Module()
+    module.rssm = model.rssm
+    tf.saved_model.save(module, str(tmp_path))
+    assert b"_XlaMustCompile" not in (tmp_path / "saved_model.pb").read_bytes()
+    np.testing.assert_allclose(xla_loss.numpy(), plain_loss.numpy(), rtol=1e-6)
+    for p, x, v in zip(plain, xla, model.trainable_variables):
+        scale = float(np.max(np.abs(p.numpy()))) + 1e-12
+        np.testing.assert_allclose(x.numpy() / scale, p.numpy() / scale, atol=1e-5,
+                                   err_msg=v.path)
 
 
 def test_safe_mode_refuses_an_archive_with_a_lambda(tmp_path):
