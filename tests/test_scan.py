@@ -67,10 +67,12 @@ def test_manual_backward_under_xla():
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_manual_backward_under_mixed_precision(policy):
     """Under a mixed policy both backwards multiply in the low precision: they agree to
-    within its rounding: every weight's gradient within 1% (bfloat16, 8 bits of
+    within its rounding: every weight's gradient within 1.5% (bfloat16, 8 bits of
     mantissa) or 0.5% (float16, 11 bits) of autodiff's in norm, and pointing the same
-    way. Over 12 initialisations the worst weight was at 0.33% and 0.21%; this one is
-    seeded, so the test does not depend on what ran before it in the process.
+    way. The worst weight measured: bfloat16 0.33% over 12 initialisations on an
+    AVX-512 CPU with native bfloat16 dot products, 1.12% over 6 on an AVX2-only CPU
+    (1.08% for this one, with TensorFlow's oneDNN or Eigen kernels alike); float16
+    0.21%. Seeded, so the test does not depend on what ran before it in the process.
     docs/fidelity.md states these bounds."""
     import keras
 
@@ -93,7 +95,8 @@ def test_manual_backward_under_mixed_precision(policy):
             continue
         error = np.linalg.norm(m - a) / np.linalg.norm(a)
         worst = max(worst, error)
-        assert error < {"mixed_bfloat16": 1e-2, "mixed_float16": 5e-3}[policy], (var.path, error)
+        assert error < {"mixed_bfloat16": 1.5e-2, "mixed_float16": 5e-3}[policy], (var.path,
+                                                                                 error)
         assert a @ m / (np.linalg.norm(a) * np.linalg.norm(m)) > 0.999, var.path
     assert worst > 0  # the comparison ran in the low precision
 
