@@ -4,10 +4,10 @@ TensorFlow's Linux wheels carry two sets of CPU kernels for convolutions, matmul
 norms: Eigen's and oneDNN's. TensorFlow turns oneDNN's on by default only on CPUs with
 AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``DefaultOneDnnPolicy`` in
 ``tensorflow/core/util/port.cc``); on an AVX2-only CPU (many cloud VMs, AMD EPYC before
-Zen 4, laptops) it runs Eigen's. The image update on CPUs runs TensorFlow's kernels, not
-XLA's (XLA's CPU convolutions are several times slower, docs/performance.md), and with
-Eigen's it takes about 1.8x as long as with oneDNN's on the same AVX2 machine
-(``benchmarks/train_speed.py --onednn``).
+Zen 4, laptops) it runs Eigen's. An image model's convolutions on CPUs run on
+TensorFlow's kernels, not XLA's (XLA's CPU convolutions are several times slower,
+docs/performance.md), and with Eigen's the image update takes about 1.8x as long as with
+oneDNN's on the same AVX2 machine (``benchmarks/train_speed.py --onednn``).
 
 So importing ``rssm_tf`` asks TensorFlow for oneDNN's kernels
 (``TF_ENABLE_ONEDNN_OPTS=1``), the choice TensorFlow itself makes on newer CPUs, when
