@@ -20,9 +20,9 @@ state a single frame cannot show):
 
 It verifies at the end: the open-loop error of every observation key at horizon 15
 must be at most ``MARGIN`` (0.7) times the mean predictor's, and the export parity must
-hold; otherwise it exits 1. The default plans take under ten minutes on two cores;
-``--full`` runs more data and updates (see ``benchmarks/results/end_to_end_full.md``
-for its time).
+hold; otherwise it exits 1. The default plans aim at ten minutes on two cores (their
+last time is in ``benchmarks/results/end_to_end.md``); ``--full`` runs more data and
+updates (``benchmarks/results/end_to_end_full.md``).
 
     python examples/end_to_end.py [--out out] [--full] [--runs CartPole-v1 ...]
 """
@@ -54,8 +54,8 @@ SIZES = dict(deterministic_size=128, n_categories=16, n_classes=16, hidden_size=
 # Per run: the gymnasium id, episodes to collect (train, held out), training updates
 # (one fit of ``epochs`` epochs), learning rate; pixel runs record frames of
 # ``image_size`` as ``image`` and the parts of the state vector ``vector_keys`` names
-# (the full vector is not stored). The quick plans (the default) fit the whole script
-# in under ten minutes on two cores; ``--full`` runs the longer ones.
+# (the full vector is not stored). The quick plans (the default) aim at ten minutes
+# for the whole script on two cores; ``--full`` runs the longer ones.
 PLANS = {
     "CartPole-v1": dict(env="CartPole-v1", train=200, test=60, steps=1000, epochs=2, lr=6e-4),
     "Pendulum-v1": dict(env="Pendulum-v1", train=20, test=10, steps=500, epochs=2, lr=6e-4),
