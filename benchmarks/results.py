@@ -101,9 +101,9 @@ def onednn_kernels() -> bool | None:
     """Whether TensorFlow runs oneDNN's CPU kernels in this process (None: not loaded)."""
     if "tensorflow" not in sys.modules:
         return None
-    from tensorflow.python.util import _pywrap_util_port
+    from rssm_tf.cpu import onednn_enabled
 
-    return bool(_pywrap_util_port.IsMklEnabled())
+    return onednn_enabled()
 
 
 def matmul_peak(dtype: str = "float32", n: int = 2048, iters: int = 10) -> float:

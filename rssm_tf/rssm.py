@@ -52,12 +52,12 @@ class KernelView(NamedTuple):
 
 
 class _Untracked:
-    """Holds functions where neither Keras nor ``tf.saved_model`` looks (a dict
-    attribute of a layer is tracked, and a SavedModel of the layer would then carry
-    the XLA-compiled loop, which TF Serving does not run by default)."""
+    """Holds a function where neither Keras nor ``tf.saved_model`` looks (a layer's
+    attributes and their dicts are tracked, and a SavedModel of the layer would then
+    carry the XLA-compiled loop, which TF Serving does not run by default)."""
 
     def __init__(self) -> None:
-        self.functions: dict[str, Any] = {}
+        self.function: Any = None
 
 
 class RssmState(NamedTuple):
@@ -109,7 +109,7 @@ class Rssm(keras.layers.Layer):
         self.twohot = twohot or TwohotEncoder()
         self.seed = seed
         self.manual_gradient = bool(manual_gradient)
-        self._loops = _Untracked()  # observe_time_major's compiled loop
+        self._xla_loop = _Untracked()  # observe_time_major's loop under XLA, once built
         c = config
         H, D, policy = c.hidden_size, c.deterministic_size, self.dtype_policy
         norm = dict(norm=c.norm, norm_eps=c.norm_eps, activation=c.activation, dtype=policy)
@@ -432,10 +432,10 @@ class Rssm(keras.layers.Layer):
         gumbel_noise = None if noise is None else gumbel(noise)  # all steps at once
         loop = partial(observe_scan, self) if self.manual_gradient else self._observe_loop
         if xla_loop and self.manual_gradient:
-            if "xla" not in self._loops.functions:
-                self._loops.functions["xla"] = tf.function(loop, jit_compile=True,
-                                                           autograph=False)
-            loop = self._loops.functions["xla"]
+            if self._xla_loop.function is None:
+                self._xla_loop.function = tf.function(loop, jit_compile=True,
+                                                      autograph=False)
+            loop = self._xla_loop.function
         hs, zs, posts = loop(state.h, state.z, first, a_proj, e_proj, gumbel_noise)
         return RssmState(hs, zs), posts, self.prior_logits(hs)
 

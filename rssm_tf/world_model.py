@@ -152,9 +152,10 @@ class WorldModel(keras.Model):
         on_cpu = not tf.config.list_logical_devices("GPU") if single else all(
             "CPU" in d.upper() for d in strategy.extended.worker_devices)
         auto = jit_compile is None
+        images_on_cpu = on_cpu and bool(self.config.image_keys)
         if auto:
             jit_compile = not on_cpu or (single and not self.config.image_keys)
-            if on_cpu and self.config.image_keys and not onednn_enabled():
+            if images_on_cpu and not onednn_enabled():
                 warnings.warn(
                     "WorldModel.compile: TensorFlow runs Eigen's CPU convolutions, not "
                     "oneDNN's (TensorFlow was imported before rssm_tf on a CPU without "
@@ -164,11 +165,11 @@ class WorldModel(keras.Model):
             if not jit_compile and not single:
                 warnings.warn("WorldModel.compile: several replicas on CPU devices; XLA "
                               "is off for this strategy", stacklevel=2)
-        self.xla = bool(jit_compile) and not op_determinism_enabled()
+        deterministic = op_determinism_enabled()
+        self.xla = bool(jit_compile) and not deterministic
         # an image model on one CPU: its convolutions on TensorFlow's kernels, its
         # observe loop (hundreds of small ops a step) under XLA
-        self.xla_loop = bool(auto and not self.xla and single and on_cpu
-                             and self.config.image_keys and not op_determinism_enabled())
+        self.xla_loop = auto and not self.xla and single and images_on_cpu and not deterministic
         self._compiled: dict[str, Any] = {}
         # Several replicas: no nested function may hold the optimiser's all-reduce, so
         # Keras compiles the whole step (under XLA the batch checks are then dropped).
