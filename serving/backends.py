@@ -352,67 +352,184 @@ def _retrying(what: str, attempts: int, backoff: float, fn: Any, retry_on: tuple
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class RestBackend:
+class _ServerBackend:
+    """What the REST and gRPC clients share: the model, the version they call, and
+    pinning it. ``version=None`` follows the server's newest version until
+    :meth:`pin_latest` fixes one (the client does at every ``reset``); a version given
+    to the constructor is kept. Every signature is a pure function of its inputs, so
+    connection failures and timeouts are retried ``retries`` times with doubling
+    ``backoff``."""
+
+    def __init__(self, address: str, model: str, version: int | None, timeout: float,
+                 retries: int, backoff: float) -> None:
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                    or version < 1):
+            raise ValueError(f"version must be a positive integer or None, got {version!r}")
+        self.address, self.model, self.version = address, model, version
+        self.fixed = version is not None
+        self.timeout, self.attempts, self.backoff = timeout, retries + 1, backoff
+
+    def latest_version(self) -> int:
+        """The newest version the server serves now (its metadata answer's model_spec)."""
+        raise NotImplementedError
+
+    def pin_latest(self) -> int:
+        """Calls go to the newest version from now on (a fixed version stays); returns it."""
+        if not self.fixed:
+            self.version = self.latest_version()
+        return self.version
+
+    def _refused(self, signature: str, code: str, message: str, not_found: bool) -> str:
+        kind = "model or signature not found" if not_found else "request refused"
+        text = f"TF Serving at {self.address} ({signature}): {kind} ({code}): {message}"
+        if not_found and self.version is not None and "Specific(" in message:
+            text += (f". Version {self.version} of {self.model!r}, which this client's episode "
+                     "started on, is not served any more: reset() starts a new episode on "
+                     "the newest version (or keep more versions with the model_version_policy)")
+        return text
+
+
+class RestBackend(_ServerBackend):
     """TF Serving REST: ``POST {url}/v1/models/{model}[/versions/{v}]:predict`` with
-    ``{"signature_name": ..., "inputs": {...}}`` (columnar). Connection failures and
-    timeouts are retried (every signature is a pure function of its inputs)."""
+    ``signature_name`` and the inputs in columnar (``inputs``, the default) or row
+    (``instances``) format; every documented answer is read: ``outputs`` (an object,
+    or the bare tensor of a one-output signature) and ``predictions`` (rows of objects,
+    or of values), with ``NaN``/``Infinity`` tokens. Output dtypes come from the
+    model's metadata, read once per version."""
 
     name = "rest"
 
     def __init__(self, url: str = "http://localhost:8501", model: str = "rssm",
                  version: int | None = None, timeout: float = 10.0, retries: int = 2,
-                 backoff: float = 0.2) -> None:
+                 backoff: float = 0.2, request_format: str = "columnar") -> None:
         import requests
 
+        if request_format not in ("columnar", "row"):
+            raise ValueError(f"request_format must be 'columnar' or 'row', got "
+                             f"{request_format!r}")
+        super().__init__(url.rstrip("/"), model, version, timeout, retries, backoff)
         self._requests = requests
-        self.url = url.rstrip("/")
-        path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
-        self.endpoint = f"{self.url}{path}:predict"
-        self.metadata_url = f"{self.url}{path}/metadata"
-        self.timeout, self.attempts, self.backoff = timeout, retries + 1, backoff
+        self.url = self.address
+        self.request_format = request_format
         self.session = requests.Session()
+        self._outputs: dict[int | None, dict[str, dict[str, np.dtype]]] = {}
+
+    def _path(self) -> str:
+        version = f"/versions/{self.version}" if self.version else ""
+        return f"{self.url}/v1/models/{self.model}{version}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self._path()}:predict"
+
+    def _get(self, url: str) -> Any:
+        errors = (self._requests.ConnectionError, self._requests.Timeout)
+        return _retrying(self.url, self.attempts, self.backoff,
+                         lambda: self.session.get(url, timeout=self.timeout), errors)
+
+    def _metadata(self) -> dict[str, Any]:
+        url = f"{self._path()}/metadata"
+        response = self._get(url)
+        if response.status_code != 200:
+            raise ServingError(self._refused("metadata", f"HTTP {response.status_code}",
+                                             _error_text(response), response.status_code == 404))
+        return response.json()
+
+    def latest_version(self) -> int:
+        response = self._get(f"{self.url}/v1/models/{self.model}/metadata")
+        if response.status_code != 200:
+            raise ServingError(f"TF Serving at {self.url}: no version of model {self.model!r} "
+                               f"(HTTP {response.status_code}): {_error_text(response)}")
+        return int(response.json()["model_spec"]["version"])
 
     def signatures(self) -> dict[str, dict]:
         """The model's signatures as TF Serving reports them
         (``GET /v1/models/NAME[/versions/V]/metadata``), in the manifest's form:
         ``{name: {"inputs": {key: {"shape", "dtype"}}, "outputs": {...}}}``."""
-        errors = (self._requests.ConnectionError, self._requests.Timeout)
-        response = _retrying(self.url, self.attempts, self.backoff,
-                             lambda: self.session.get(self.metadata_url,
-                                                      timeout=self.timeout), errors)
-        if response.status_code != 200:
-            raise ServingError(f"TF Serving at {self.metadata_url}: no metadata (HTTP "
-                               f"{response.status_code}): {response.text[:500]}")
-        defs = response.json()["metadata"]["signature_def"]["signature_def"]
+        defs = self._metadata()["metadata"]["signature_def"]["signature_def"]
         return {name: {part: {key: {"dtype": _dtype_name(t["dtype"]),
                                     "shape": _json_shape(t.get("tensor_shape", {}))}
                               for key, t in sig.get(part, {}).items()}
                        for part in ("inputs", "outputs")}
                 for name, sig in defs.items() if not name.startswith("__")}
 
+    def _output_dtypes(self, signature: str) -> dict[str, np.dtype]:
+        if self.version not in self._outputs:
+            self._outputs[self.version] = {
+                name: {k: np.dtype(v["dtype"]) for k, v in sig["outputs"].items()}
+                for name, sig in self.signatures().items()}
+        known = self._outputs[self.version]
+        if signature not in known:
+            raise ServingError(self._refused(signature, "metadata", f"signature {signature!r}"
+                                             " is not in the model's metadata", True))
+        return known[signature]
+
     def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        body = json.dumps({"signature_name": signature,
-                           "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}})
+        lists = {k: np.asarray(v).tolist() for k, v in inputs.items()}
+        if self.request_format == "row":
+            sizes = {len(v) if isinstance(v, list) else None for v in lists.values()}
+            if len(sizes) != 1 or None in sizes:
+                raise ValueError(f"row format needs every input of {signature!r} to have the "
+                                 "same first dimension; use request_format='columnar'")
+            size = sizes.pop()
+            data = {"instances": [{k: v[i] for k, v in lists.items()} for i in range(size)]}
+        else:
+            data = {"inputs": lists}
+        body = json.dumps({"signature_name": signature, **data})  # NaN -> NaN token
         errors = (self._requests.ConnectionError, self._requests.Timeout)
         response = _retrying(self.url, self.attempts, self.backoff,
                              lambda: self.session.post(self.endpoint, data=body,
                                                        timeout=self.timeout), errors)
         if response.status_code != 200:
-            try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text
-            kind = "model or signature not found" if response.status_code == 404 else \
-                "request refused"
-            raise ServingError(f"TF Serving at {self.endpoint} ({signature}): {kind} "
-                               f"(HTTP {response.status_code}): {message}")
-        outputs = response.json()["outputs"]
-        return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
+            raise ServingError(self._refused(signature, f"HTTP {response.status_code}",
+                                             _error_text(response), response.status_code == 404))
+        return read_predict_response(response.json(), self._output_dtypes(signature))
 
 
-class GrpcBackend:
-    """TF Serving gRPC: ``PredictionService.Predict`` with the model and signature
-    named in the ``ModelSpec``. ``UNAVAILABLE`` and deadline errors are retried."""
+def _error_text(response: Any) -> str:
+    """The ``error`` of a TF Serving error body, else the body's start."""
+    try:
+        return str(response.json().get("error", response.text))
+    except (ValueError, AttributeError):
+        return response.text[:500]
+
+
+def read_predict_response(body: dict[str, Any], outputs: dict[str, np.dtype]
+                          ) -> dict[str, np.ndarray]:
+    """The tensors of a REST predict answer, in any of the forms TF Serving's
+    ``api_rest.md`` documents, as ``outputs``' dtypes (``{name: dtype}`` of the
+    signature): ``{"outputs": {name: tensor}}`` or ``{"outputs": tensor}`` (one output),
+    ``{"predictions": [{name: row}, ...]}`` or ``{"predictions": [row, ...]}``."""
+    names = sorted(outputs)
+    if "outputs" in body:
+        value = body["outputs"]
+        tensors = value if isinstance(value, dict) else {names[0]: value} \
+            if len(names) == 1 else None
+        if tensors is None:
+            raise ServingError(f"a bare 'outputs' tensor, but the signature has the outputs "
+                               f"{names}")
+    elif "predictions" in body:
+        rows = body["predictions"]
+        if rows and isinstance(rows[0], dict):
+            tensors = {k: [row[k] for row in rows] for k in rows[0]}
+        elif len(names) == 1:
+            tensors = {names[0]: rows}
+        else:
+            raise ServingError(f"'predictions' rows are values, but the signature has the "
+                               f"outputs {names}")
+    else:
+        raise ServingError(f"a predict answer has 'outputs' or 'predictions', got the keys "
+                           f"{sorted(body)}")
+    if sorted(tensors) != names:
+        raise ServingError(f"the answer has the outputs {sorted(tensors)}, the signature "
+                           f"{names}")
+    return {k: np.asarray(v, outputs[k]) for k, v in tensors.items()}
+
+
+class GrpcBackend(_ServerBackend):
+    """TF Serving gRPC: ``PredictionService.Predict`` with the model, version and
+    signature named in the ``ModelSpec``. ``UNAVAILABLE`` and deadline errors are
+    retried."""
 
     name = "grpc"
 
@@ -422,9 +539,9 @@ class GrpcBackend:
         import grpc
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+        super().__init__(target, model, version, timeout, retries, backoff)
         self._grpc, self._predict_pb2 = grpc, predict_pb2
-        self.target, self.model, self.version = target, model, version
-        self.timeout, self.attempts, self.backoff = timeout, retries + 1, backoff
+        self.target = target
         options = [("grpc.max_send_message_length", 256 << 20),
                    ("grpc.max_receive_message_length", 256 << 20)]
         self.channel = grpc.insecure_channel(target, options=options)
@@ -435,29 +552,28 @@ class GrpcBackend:
         request.model_spec.signature_name = signature
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(to_tensor_proto(value))
-
-        def refused(error: Any) -> str:
-            kind = "model or signature not found" if error.code() == \
-                self._grpc.StatusCode.NOT_FOUND else "request refused"
-            return (f"TF Serving at {self.target} ({signature}): {kind} "
-                    f"({error.code().name}): {error.details()}")
-
-        response = self._rpc(self.stub.Predict, request, refused)
+        response = self._rpc(self.stub.Predict, request, signature)
         return {k: from_tensor_proto(v) for k, v in response.outputs.items()}
+
+    def _metadata(self, pinned: bool) -> Any:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model
+        if pinned and self.version:
+            request.model_spec.version.value = self.version
+        request.metadata_field.append("signature_def")
+        return self._rpc(self.stub.GetModelMetadata, request, "metadata")
+
+    def latest_version(self) -> int:
+        return int(self._metadata(pinned=False).model_spec.version.value)
 
     def signatures(self) -> dict[str, dict]:
         """The model's signatures from ``PredictionService.GetModelMetadata``
         (``signature_def``), in the manifest's form (see :meth:`RestBackend.signatures`)."""
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        request = self._spec(get_model_metadata_pb2.GetModelMetadataRequest())
-        request.metadata_field.append("signature_def")
-
-        def refused(error: Any) -> str:
-            return (f"TF Serving at {self.target}: no metadata for model {self.model!r} "
-                    f"({error.code().name}): {error.details()}")
-
-        response = self._rpc(self.stub.GetModelMetadata, request, refused)
+        response = self._metadata(pinned=True)
         defs = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(defs)
         return {name: {part: {key: {"dtype": _dtype_name(t.dtype),
@@ -474,9 +590,9 @@ class GrpcBackend:
             request.model_spec.version.value = self.version
         return request
 
-    def _rpc(self, method: Any, request: Any, refused: Any) -> Any:
+    def _rpc(self, method: Any, request: Any, signature: str) -> Any:
         """``method(request)``; ``UNAVAILABLE`` and deadline errors are retried, any
-        other error is a :class:`ServingError` with ``refused(error)``'s message."""
+        other error is a :class:`ServingError` naming the address and the call."""
         grpc = self._grpc
 
         class Retry(Exception):
@@ -489,7 +605,9 @@ class GrpcBackend:
                 if error.code() in (grpc.StatusCode.UNAVAILABLE,
                                     grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise Retry(error.details()) from None
-                raise ServingError(refused(error)) from None
+                raise ServingError(self._refused(
+                    signature, error.code().name, error.details(),
+                    error.code() == grpc.StatusCode.NOT_FOUND)) from None
 
         return _retrying(self.target, self.attempts, self.backoff, once, (Retry,))
 

@@ -112,6 +112,8 @@ class WorldModelClient:
         self.z: np.ndarray | None = None
         #: the action :meth:`act` returned last (zeros after :meth:`reset`)
         self.action: np.ndarray | None = None
+        #: the model version this episode runs on (TF Serving backends; None otherwise)
+        self.version: int | None = None
 
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, backend: str = "onnx",
@@ -168,9 +170,16 @@ class WorldModelClient:
                 for k, (shape, dtype) in self.obs_space.items()}
 
     def reset(self, batch_size: int = 1) -> None:
-        """Starts every sequence afresh: ``h`` and ``z`` zeros (the initial state)."""
+        """Starts every sequence afresh: ``h`` and ``z`` zeros (the initial state).
+
+        On TF Serving (REST, gRPC) the episode is pinned to the newest version served
+        now: every call names it, so a version loaded mid-episode never continues a state
+        the old weights made; if the pinned version is unloaded, calls fail naming it and
+        the next ``reset`` moves to the newest."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        pin = getattr(self.backend, "pin_latest", None)
+        self.version = pin() if pin is not None else None
         self.h = np.zeros((batch_size, self.deter), np.float32)
         self.z = np.zeros((batch_size, self.groups * self.classes), np.float32)
         self.action = np.zeros((batch_size, self.action_dim), np.float32)
@@ -195,10 +204,12 @@ class WorldModelClient:
         self.h, self.z, self.action = h.copy(), z.copy(), action.copy()
 
     def save_state(self, path: str | os.PathLike) -> Path:
-        """Writes the state to ``path`` (.npz) through a temporary file and a rename."""
+        """Writes the state (and the pinned model version, if any) to ``path`` (.npz)
+        through a temporary file and a rename."""
         path = Path(path)
         buffer = io.BytesIO()
-        np.savez(buffer, **self.state)
+        version = {} if self.version is None else {"version": np.int64(self.version)}
+        np.savez(buffer, **self.state, **version)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
         with os.fdopen(fd, "wb") as handle:
             handle.write(buffer.getvalue())
@@ -206,8 +217,16 @@ class WorldModelClient:
         return path
 
     def load_state(self, path: str | os.PathLike) -> None:
+        """Restores a :meth:`save_state` file; on TF Serving the episode continues on
+        the version it was saved on."""
         with np.load(path) as data:
             self.state = {k: data[k] for k in ("h", "z", "action") if k in data}
+            version = int(data["version"]) if "version" in data else None
+        if version is not None and hasattr(self.backend, "pin_latest"):
+            if getattr(self.backend, "fixed", False) and self.backend.version != version:
+                raise ValueError(f"{path} was saved on version {version}, this client is "
+                                 f"fixed to version {self.backend.version}")
+            self.backend.version = self.version = version
 
     # ---------------------------------------------------------------- calls
     def observe(self, action: Any, obs: Any, sample: str = "sample",

@@ -146,3 +146,59 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def manifest_cases(manifest: dict, seed: int = 0) -> dict:
+    """Parity cases for every signature of an export, sized from its manifest."""
+    c = manifest["config"]
+    dims = {k: c[k] for k in ("deterministic_size", "n_categories", "n_classes", "action_dim")}
+    dims["obs_space"] = {k: tuple(v["shape"]) for k, v in manifest["obs_space"].items()}
+    if manifest.get("actor"):
+        dims["actor"] = "discrete" if manifest["actor"]["discrete"] else "continuous"
+    return make_cases(dims, batch=3, rollout=2, horizon=4, seed=seed)
+
+
+def rest_forms_agree(out: Path, manifest: dict) -> None:
+    """Every signature's inputs sent to the stand-in's REST API in columnar and in row
+    format (where every input has the batch first) come back, in the form TF Serving's
+    api_rest.md gives that request, as the TF Serving loader computes them; and the raw
+    bodies have that form: a bare tensor (``outputs``) or rows of values
+    (``predictions``) for a one-output signature, objects otherwise."""
+    import requests
+    from rssm_tf_serving.backends import RestBackend, SessionBackend
+    from rssm_tf_serving.standin import StandInServer
+
+    name = manifest["name"]
+    cases = {k: v for k, v in manifest_cases(manifest).items() if "steps" not in v}
+    session = SessionBackend(out / "saved_model" / name)
+    with StandInServer(out / "saved_model" / name, name=name, poll_seconds=0) as server:
+        columnar = RestBackend(server.rest_url, model=name)
+        row = RestBackend(server.rest_url, model=name, request_format="row")
+        url = f"{server.rest_url}/v1/models/{name}:predict"
+        for case in cases.values():
+            signature, inputs = case["signature"], case["inputs"]
+            want = session.call(signature, inputs)
+            batched = all(np.ndim(v) and len(v) == 3 for v in inputs.values())
+            for backend in (columnar, row) if batched else (columnar,):
+                got = backend.call(signature, inputs)
+                assert set(got) == set(want), (signature, backend.request_format)
+                for key, value in want.items():
+                    assert got[key].dtype == value.dtype, (signature, key)
+                    np.testing.assert_array_equal(got[key], value, err_msg=signature)
+            lists = {k: np.asarray(v).tolist() for k, v in inputs.items()}
+            body = requests.post(url, json={"signature_name": signature,
+                                            "inputs": lists}).json()
+            assert isinstance(body["outputs"], dict) == (len(want) > 1), signature
+            if batched:
+                rows = [{k: v[i] for k, v in lists.items()} for i in range(3)]
+                body = requests.post(url, json={"signature_name": signature,
+                                                "instances": rows}).json()
+                assert len(body["predictions"]) == 3
+                assert isinstance(body["predictions"][0], dict) == (len(want) > 1), signature
+            else:  # the client refuses row format for inputs without a common batch
+                try:
+                    row.call(signature, inputs)
+                except ValueError as error:
+                    assert "same first dimension" in str(error)
+                else:
+                    raise AssertionError(f"row format taken for {signature}")

@@ -348,6 +348,15 @@ def test_export_computes_what_keras_does_on_every_backend(multi_export, tmp_path
                                                err_msg=f"{what} {case} {key}")
 
 
+def test_every_signature_of_a_many_key_model_in_both_rest_formats(multi_export):
+    """TF Serving's row and columnar REST forms (api_rest.md) for four observation keys,
+    vectors and uint8 images, and a four-output decode (tests/served.py)."""
+    from served import rest_forms_agree
+
+    out, manifest = multi_export
+    rest_forms_agree(out, manifest)
+
+
 def test_export_inputs_are_named_after_the_keys(multi_export):
     import subprocess
     import sys

@@ -101,19 +101,24 @@ def test_state_can_be_read_saved_and_restored(clients, tmp_path):
 
 
 def test_unreachable_servers_name_the_address(exported):
+    """reset() asks the server for its newest version (the episode's pin), so an
+    unreachable server is named there, after the bounded retries."""
     out, _ = exported
     port = free_port()
     rest = WorldModelClient.from_export(out, "rest", url=f"http://127.0.0.1:{port}",
                                         retries=1, backoff=0.01, timeout=2)
-    rest.reset(1)
     with pytest.raises(ServingError, match=f"cannot reach TF Serving at http://127.0.0.1:{port}"
                                            " after 2 attempt"):
-        rest.predict()
+        rest.reset(1)
     grpc_client = WorldModelClient.from_export(out, "grpc", target=f"127.0.0.1:{port}",
                                                retries=0, timeout=2)
-    grpc_client.reset(1)
     with pytest.raises(ServingError, match=f"cannot reach TF Serving at 127.0.0.1:{port}"):
-        grpc_client.predict()
+        grpc_client.reset(1)
+    fixed = WorldModelClient.from_export(out, "grpc", target=f"127.0.0.1:{port}", version=1,
+                                         retries=0, timeout=2)
+    fixed.reset(1)  # a fixed version needs no answer from the server to start
+    with pytest.raises(ServingError, match=f"cannot reach TF Serving at 127.0.0.1:{port}"):
+        fixed.predict()
 
 
 def test_missing_model_or_signature(exported, server):
@@ -136,8 +141,10 @@ def test_missing_model_or_signature(exported, server):
 
 def test_bad_inputs_are_refused_before_sending(exported):
     out, _ = exported
-    # nothing listens here: a ValueError proves the check ran before any request
-    client = WorldModelClient.from_export(out, "rest", url=f"http://127.0.0.1:{free_port()}")
+    # nothing listens here: a ValueError proves the check ran before any request (a fixed
+    # version: reset needs no answer from the server)
+    client = WorldModelClient.from_export(out, "rest", url=f"http://127.0.0.1:{free_port()}",
+                                          version=1)
     client.reset(2)
     with pytest.raises(ValueError, match=r"action must have shape \[2, 2\], got \[2, 3\]"):
         client.observe(np.zeros((2, 3)), np.zeros((2, 4)))
