@@ -158,12 +158,15 @@ def manifest_cases(manifest: dict, seed: int = 0) -> dict:
     return make_cases(dims, batch=3, rollout=2, horizon=4, seed=seed)
 
 
-def rest_forms_agree(out: Path, manifest: dict) -> None:
+def rest_forms_agree(out: Path, manifest: dict, url: str | None = None) -> None:
     """Every signature's inputs sent to the stand-in's REST API in columnar and in row
     format (where every input has the batch first) come back, in the form TF Serving's
     api_rest.md gives that request, as the TF Serving loader computes them; and the raw
     bodies have that form: a bare tensor (``outputs``) or rows of values
-    (``predictions``) for a one-output signature, objects otherwise."""
+    (``predictions``) for a one-output signature, objects otherwise. ``url``: a real
+    TF Serving's REST address serving the export (default: a stand-in)."""
+    import contextlib
+
     import requests
     from rssm_tf_serving.backends import RestBackend, SessionBackend
     from rssm_tf_serving.standin import StandInServer
@@ -171,10 +174,13 @@ def rest_forms_agree(out: Path, manifest: dict) -> None:
     name = manifest["name"]
     cases = {k: v for k, v in manifest_cases(manifest).items() if "steps" not in v}
     session = SessionBackend(out / "saved_model" / name)
-    with StandInServer(out / "saved_model" / name, name=name, poll_seconds=0) as server:
-        columnar = RestBackend(server.rest_url, model=name)
-        row = RestBackend(server.rest_url, model=name, request_format="row")
-        url = f"{server.rest_url}/v1/models/{name}:predict"
+    serving = contextlib.nullcontext() if url else StandInServer(
+        out / "saved_model" / name, name=name, poll_seconds=0)
+    with serving as server:
+        base = url or server.rest_url
+        columnar = RestBackend(base, model=name)
+        row = RestBackend(base, model=name, request_format="row")
+        url = f"{base}/v1/models/{name}:predict"
         for case in cases.values():
             signature, inputs = case["signature"], case["inputs"]
             want = session.call(signature, inputs)

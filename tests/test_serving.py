@@ -10,7 +10,7 @@ import pytest
 from rssm_tf_serving.backends import GrpcBackend, RestBackend, ServingError, SessionBackend
 from rssm_tf_serving.client import WorldModelClient
 from rssm_tf_serving.standin import StandInServer
-from served import free_port
+from served import free_port, rest_forms_agree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,7 +198,7 @@ def _real_server(out):
 
 
 def test_against_real_tensorflow_model_server(exported, clients):
-    out, _ = exported
+    out, manifest = exported
     url, target, proc = _real_server(out)
     try:
         real = {}
@@ -224,6 +224,8 @@ def test_against_real_tensorflow_model_server(exported, clients):
                 for key in a:
                     np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0,
                                                err_msg=name)
+            if name == "rest":  # both request formats, every answer form (api_rest.md)
+                rest_forms_agree(out, manifest, url=url)
             where = {"url": url} if name == "rest" else {"target": target}
             remote = WorldModelClient.from_server(name, model="wm", **where)
             assert remote.manifest["signatures"]["predict"]["outputs"]["reward"]["dtype"] \
