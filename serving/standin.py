@@ -381,7 +381,8 @@ class StandInServer:
         self.status: dict[int, _Status] = {}
         self._seen: dict[int, tuple] = {}
         self._batchers: dict[tuple[int, str], _Batcher] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the loaded versions and their batchers
+        self._polling = threading.Lock()  # one poll at a time (the watcher, or a caller)
         self._stopping = threading.Event()
         self._rest_port, self._grpc_port = rest_port, grpc_port
         self.http: ThreadingHTTPServer | None = None
@@ -411,6 +412,10 @@ class StandInServer:
         """One look at the base path: loads the complete new versions the policy asks
         for, refuses those that do not load, unloads those the policy no longer wants
         once a wanted one is serving."""
+        with self._polling:
+            self._poll(initial)
+
+    def _poll(self, initial: bool) -> None:
         if (self.base_path / "saved_model.pb").is_file():  # one SavedModel, no versions
             found = {1: self.base_path}
         else:

@@ -1,0 +1,118 @@
+"""The agent's results beside the CEM planner's and sheeprl's, from finished runs.
+
+    python examples/agent.py --env CartPole-v1 --steps 30000 --out out/agent
+    python examples/agent.py --env Pendulum-v1 --steps 30000 --out out/agent
+    sheeprl exp=dreamer_v3 algo=dreamer_v3_XS env=gym env.id=CartPole-v1 ... > sheeprl.log
+    python benchmarks/agent_report.py --runs out/agent/CartPole-v1 out/agent/Pendulum-v1 \\
+        --sheeprl CartPole-v1=sheeprl.log
+
+For each ``examples/agent.py`` run (its ``agent.json``): the evaluations (mean return of
+the actor's mode over 10 episodes, environment steps, wall time), the exported actor's
+return on ONNX Runtime on the same seeds, and, re-run here from the run's checkpoint, the
+actor's return on the 10 evaluation seeds of ``examples/plan.py`` (so it stands beside
+the planner's returns on those seeds, given with ``--planner ENV=MEAN,STD,STEPS``). For
+a sheeprl DreamerV3 log: its training episodes' returns near the same environment-step
+budget and its own test episode. Writes ``benchmarks/results/agent.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "examples"))
+import quiet_tf  # noqa: E402,F401  (before TensorFlow is imported)
+from results import markdown_table, write_results  # noqa: E402
+
+#: examples/plan.py's evaluation: 10 episodes from this seed on
+PLAN_SEED, PLAN_EPISODES = 10_000, 10
+
+
+def planner_seed_returns(run: Path, env_id: str) -> list[float]:
+    """The run's checkpointed actor (its mode) on ``examples/plan.py``'s seeds."""
+    from rssm_tf.agent import run_episodes
+    from rssm_tf.dreamer import ActorPolicy
+    from rssm_tf.saving import load_world_model
+
+    model = load_world_model(run / "agent.keras", compile=False)
+    results = run_episodes(env_id, ActorPolicy(model, sample=False), PLAN_EPISODES,
+                           seed=PLAN_SEED)
+    return [float(r["return"]) for r in results]
+
+
+def sheeprl_summary(log: Path, budget: int) -> dict:
+    """Training-episode returns of a sheeprl run up to ``budget`` steps (the last 10),
+    and its test episode's return."""
+    text = log.read_text()
+    episodes = [(int(s), float(r)) for s, r in
+                re.findall(r"policy_step=(\d+), reward_env_0=(-?[\d.]+)", text)]
+    within = [r for s, r in episodes if s <= budget][-10:]
+    test = re.findall(r"Test - Reward:\s*(-?[\d.]+)", text)
+    return {"episodes": len(episodes), "last_step": episodes[-1][0] if episodes else 0,
+            "last10_mean_return": float(np.mean(within)) if within else None,
+            "last10_std_return": float(np.std(within)) if within else None,
+            "test_return": float(test[-1]) if test else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="examples/agent.py run dirs")
+    parser.add_argument("--sheeprl", nargs="*", default=[], help="ENV=path/to/sheeprl.log")
+    parser.add_argument("--planner", nargs="*", default=[],
+                        help="ENV=MEAN,STD,ENV_STEPS of examples/plan.py's Keras planner")
+    args = parser.parse_args()
+    sheeprl = dict(item.split("=", 1) for item in args.sheeprl)
+    planner = {k: [float(x) for x in v.split(",")]
+               for k, v in (item.split("=", 1) for item in args.planner)}
+    report, rows = {"runs": {}}, []
+    for run in map(Path, args.runs):
+        summary = json.loads((run / "agent.json").read_text())
+        env_id = summary["env"]
+        evals = summary["evaluations"]
+        best = max(evals, key=lambda e: e["mean_return"])
+        plan_seeds = planner_seed_returns(run, env_id)
+        entry = {"agent": summary, "solved_at": best,
+                 "planner_seeds": {"seed": PLAN_SEED, "returns": plan_seeds,
+                                   "mean_return": float(np.mean(plan_seeds)),
+                                   "std_return": float(np.std(plan_seeds))}}
+        exported = summary.get("exported", {})
+        rows.append([env_id, "rssm_tf Dreamer (Keras)", best["env_steps"], best["seconds"],
+                     f"{best['mean_return']:.1f} +- {best['std_return']:.1f}",
+                     f"{np.mean(plan_seeds):.1f} +- {np.std(plan_seeds):.1f}"])
+        if exported:
+            rows.append([env_id, "same actor exported, ONNX Runtime", best["env_steps"], "",
+                         f"{exported['mean_return']:.1f} +- {exported['std_return']:.1f}",
+                         ""])
+        if env_id in planner:
+            mean, std, steps = planner[env_id]
+            entry["planner"] = {"mean_return": mean, "std_return": std, "env_steps": steps}
+            rows.append([env_id, "CEM planner (examples/plan.py, Keras)", int(steps), "", "",
+                         f"{mean:.1f} +- {std:.1f}"])
+        if env_id in sheeprl:
+            peer = sheeprl_summary(Path(sheeprl[env_id]), best["env_steps"])
+            entry["sheeprl"] = peer
+            rows.append([env_id, "sheeprl DreamerV3 (XS, last 10 training episodes)",
+                         min(peer["last_step"], best["env_steps"]), "",
+                         f"{peer['last10_mean_return']:.1f} +- {peer['last10_std_return']:.1f}"
+                         if peer["last10_mean_return"] is not None else "-",
+                         f"test episode {peer['test_return']}"])
+        report["runs"][env_id] = entry
+    report["command"] = "python benchmarks/agent_report.py " + " ".join(sys.argv[1:])
+    table = markdown_table(["environment", "agent", "env steps", "wall s",
+                            "return, evaluation seeds", "return, plan.py's seeds"], rows)
+    write_results("agent", "The agent: returns and the budget to reach them", report, table,
+                  "Returns: mean +- std over 10 episodes of the policy's mode (sheeprl: its "
+                  "training episodes, and its own single test episode). Wall time: the run's "
+                  "own clock on this machine, including evaluations.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
