@@ -52,12 +52,13 @@ class KernelView(NamedTuple):
 
 
 class _Untracked:
-    """Holds a function where neither Keras nor ``tf.saved_model`` looks (a layer's
-    attributes and their dicts are tracked, and a SavedModel of the layer would then
-    carry the XLA-compiled loop, which TF Serving does not run by default)."""
+    """Holds a value (compiled functions) where neither Keras nor ``tf.saved_model``
+    looks: a layer's attributes and their dicts are tracked, so a SavedModel of the
+    layer would carry an XLA-compiled loop TF Serving does not run by default, and one
+    of a trained model would try to save its cached training update."""
 
-    def __init__(self) -> None:
-        self.function: Any = None
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
 
 
 class RssmState(NamedTuple):
@@ -432,10 +433,10 @@ class Rssm(keras.layers.Layer):
         gumbel_noise = None if noise is None else gumbel(noise)  # all steps at once
         loop = partial(observe_scan, self) if self.manual_gradient else self._observe_loop
         if xla_loop and self.manual_gradient:
-            if self._xla_loop.function is None:
-                self._xla_loop.function = tf.function(loop, jit_compile=True,
+            if self._xla_loop.value is None:
+                self._xla_loop.value = tf.function(loop, jit_compile=True,
                                                       autograph=False)
-            loop = self._xla_loop.function
+            loop = self._xla_loop.value
         hs, zs, posts = loop(state.h, state.z, first, a_proj, e_proj, gumbel_noise)
         return RssmState(hs, zs), posts, self.prior_logits(hs)
 

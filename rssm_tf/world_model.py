@@ -34,7 +34,7 @@ from rssm_tf.heads import ObsDecoder, image_to_float
 from rssm_tf.latents import uniform_at
 from rssm_tf.losses import TwohotEncoder, categorical_entropy, kl_balanced_loss
 from rssm_tf.math import symexp, symlog
-from rssm_tf.rssm import Rssm, RssmState, swap_bt
+from rssm_tf.rssm import Rssm, RssmState, _Untracked, swap_bt
 from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
 
 METRIC_NAMES = ("loss", "rec", "rew", "con", "dyn", "rep", "kl", "prior_ent",
@@ -170,7 +170,7 @@ class WorldModel(keras.Model):
         # an image model on one CPU: its convolutions on TensorFlow's kernels, its
         # observe loop (hundreds of small ops a step) under XLA
         self.xla_loop = auto and not self.xla and single and images_on_cpu and not deterministic
-        self._compiled: dict[str, Any] = {}
+        self._compiled = _Untracked({})  # name -> the cached tf.function
         # Several replicas: no nested function may hold the optimiser's all-reduce, so
         # Keras compiles the whole step (under XLA the batch checks are then dropped).
         replicated = self.distribute_strategy.num_replicas_in_sync > 1
@@ -232,9 +232,10 @@ class WorldModel(keras.Model):
         if (self.run_eagerly or self.distribute_strategy.num_replicas_in_sync > 1
                 or (tf.executing_eagerly() and not self.xla)):
             return fn(batch)
-        if name not in self._compiled:
-            self._compiled[name] = tf.function(fn, jit_compile=self.xla)
-        return self._compiled[name](batch)
+        cache = self._compiled.value
+        if name not in cache:
+            cache[name] = tf.function(fn, jit_compile=self.xla)
+        return cache[name](batch)
 
     # Private Keras API, the one place this library overrides one (Keras 3.15, TF
     # backend: keras/src/backend/tensorflow/trainer.py). Before the first step Keras

@@ -160,3 +160,21 @@ def test_a_model_saved_before_training_loads_without_optimizer_warnings(tmp_path
     assert [str(w.message) for w in caught if "optimizer" in str(w.message).lower()] == []
     assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
     loaded.fit(batches(1), verbose=0)  # and it trains on
+
+
+def test_a_trained_model_can_be_saved_with_tf_saved_model(tmp_path):
+    """The cached compiled update is held where tf.saved_model does not look: a module
+    holding a trained WorldModel saves, and its variables come back."""
+    model = WorldModel(SMALL)
+    model.compile()
+    model.fit(batches(1), verbose=0)
+    assert model._compiled.value  # the update was compiled and cached
+    module = tf.Module()
+    module.model = model
+    tf.saved_model.save(module, str(tmp_path / "saved"))
+    reader = tf.train.load_checkpoint(str(tmp_path / "saved" / "variables" / "variables"))
+    saved = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()]
+    for weight in model.weights:  # every trained value is in the SavedModel's checkpoint
+        value = weight.numpy()
+        assert any(getattr(s, "shape", None) == value.shape and np.array_equal(s, value)
+                   for s in saved), weight.path
