@@ -85,28 +85,35 @@ def main() -> int:
         exported = summary.get("exported", {})
         rows.append([env_id, "rssm_tf Dreamer (Keras)", best["env_steps"], best["seconds"],
                      f"{best['mean_return']:.1f} +- {best['std_return']:.1f}",
-                     f"{np.mean(plan_seeds):.1f} +- {np.std(plan_seeds):.1f}"])
+                     f"{np.mean(plan_seeds):.1f} +- {np.std(plan_seeds):.1f}",
+                     "best evaluation; the final checkpoint on plan.py's seeds"])
         if exported:
-            rows.append([env_id, "same actor exported, ONNX Runtime", best["env_steps"], "",
-                         f"{exported['mean_return']:.1f} +- {exported['std_return']:.1f}",
-                         ""])
+            rows.append([env_id, "the final actor exported, ONNX Runtime",
+                         evals[-1]["env_steps"], "",
+                         f"{exported['mean_return']:.1f} +- {exported['std_return']:.1f}", "",
+                         f"Keras on the same seeds: {exported['keras_mean_return']:.1f}"])
         if env_id in planner:
             mean, std, steps = planner[env_id]
             entry["planner"] = {"mean_return": mean, "std_return": std, "env_steps": steps}
             rows.append([env_id, "CEM planner (examples/plan.py, Keras)", int(steps), "", "",
-                         f"{mean:.1f} +- {std:.1f}"])
+                         f"{mean:.1f} +- {std:.1f}", "from --planner (an earlier plan.py run)"])
         if env_id in sheeprl:
             peer = sheeprl_summary(Path(sheeprl[env_id]), best["env_steps"])
             entry["sheeprl"] = peer
-            rows.append([env_id, "sheeprl DreamerV3 (XS, last 10 training episodes)",
-                         min(peer["last_step"], best["env_steps"]), "",
+            steps = min(peer["last_step"], best["env_steps"])
+            ours = min((e for e in evals if e["env_steps"] >= steps),
+                       key=lambda e: e["env_steps"], default=best)
+            peer["rssm_tf_at_budget"] = ours
+            rows.append([env_id, "sheeprl DreamerV3 (XS, last 10 training episodes)", steps, "",
                          f"{peer['last10_mean_return']:.1f} +- {peer['last10_std_return']:.1f}"
-                         if peer["last10_mean_return"] is not None else "-",
-                         f"test episode {peer['test_return']}"])
+                         if peer["last10_mean_return"] is not None else "-", "",
+                         f"test episode: {peer['test_return'] or 'not reached'}; rssm_tf's "
+                         f"evaluation at {ours['env_steps']} steps: {ours['mean_return']:.1f}"])
         report["runs"][env_id] = entry
     report["command"] = "python benchmarks/agent_report.py " + " ".join(sys.argv[1:])
     table = markdown_table(["environment", "agent", "env steps", "wall s",
-                            "return, evaluation seeds", "return, plan.py's seeds"], rows)
+                            "return (evaluation seeds)", "return (plan.py's seeds)", "note"],
+                           rows)
     write_results("agent", "The agent: returns and the budget to reach them", report, table,
                   "Returns: mean +- std over 10 episodes of the policy's mode (sheeprl: its "
                   "training episodes, and its own single test episode). Wall time: the run's "

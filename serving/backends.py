@@ -401,7 +401,11 @@ class RestBackend(_ServerBackend):
 
     def __init__(self, url: str = "http://localhost:8501", model: str = "rssm",
                  version: int | None = None, timeout: float = 10.0, retries: int = 2,
-                 backoff: float = 0.2, request_format: str = "columnar") -> None:
+                 backoff: float = 0.2, request_format: str = "columnar",
+                 outputs: dict[str, dict[str, str]] | None = None) -> None:
+        """``outputs``: ``{signature: {output: dtype name}}`` (the export's manifest
+        lists them; ``WorldModelClient.from_export`` passes them), else read from the
+        server's metadata on the first call."""
         import requests
 
         if request_format not in ("columnar", "row"):
@@ -412,6 +416,8 @@ class RestBackend(_ServerBackend):
         self.url = self.address
         self.request_format = request_format
         self.session = requests.Session()
+        self._given = None if outputs is None else {
+            name: {k: np.dtype(v) for k, v in sig.items()} for name, sig in outputs.items()}
         self._outputs: dict[int | None, dict[str, dict[str, np.dtype]]] = {}
 
     def _path(self) -> str:
@@ -454,7 +460,9 @@ class RestBackend(_ServerBackend):
                 for name, sig in defs.items() if not name.startswith("__")}
 
     def _output_dtypes(self, signature: str) -> dict[str, np.dtype]:
-        if self.version not in self._outputs:
+        if self._given is not None:
+            self._outputs[self.version] = self._given
+        elif self.version not in self._outputs:
             self._outputs[self.version] = {
                 name: {k: np.dtype(v["dtype"]) for k, v in sig["outputs"].items()}
                 for name, sig in self.signatures().items()}
@@ -542,8 +550,15 @@ class GrpcBackend(_ServerBackend):
         super().__init__(target, model, version, timeout, retries, backoff)
         self._grpc, self._predict_pb2 = grpc, predict_pb2
         self.target = target
+        # a restarted server is reached again within half a second (gRPC's default
+        # reconnect backoff grows to 2 minutes), and a new client does not inherit
+        # another channel's backoff through the process-wide subchannel pool
         options = [("grpc.max_send_message_length", 256 << 20),
-                   ("grpc.max_receive_message_length", 256 << 20)]
+                   ("grpc.max_receive_message_length", 256 << 20),
+                   ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 500),
+                   ("grpc.use_local_subchannel_pool", 1)]
         self.channel = grpc.insecure_channel(target, options=options)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 

@@ -133,7 +133,9 @@ class WorldModelClient:
         elif backend == "savedmodel":
             impl = SavedModelBackend(export_dir / "saved_model" / manifest["name"], **options)
         elif backend == "rest":
-            impl = RestBackend(**{"model": manifest["name"], **options})
+            outputs = {name: {k: v["dtype"] for k, v in sig["outputs"].items()}
+                       for name, sig in manifest["signatures"].items()}
+            impl = RestBackend(**{"model": manifest["name"], "outputs": outputs, **options})
         elif backend == "grpc":
             impl = GrpcBackend(**{"model": manifest["name"], **options})
         else:

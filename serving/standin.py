@@ -738,7 +738,10 @@ class StandInServer:
                                        options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(),
                                                                            self.grpc_server)
-        self._grpc_port = self.grpc_server.add_insecure_port(f"127.0.0.1:{self._grpc_port}")
+        port = self.grpc_server.add_insecure_port(f"127.0.0.1:{self._grpc_port}")
+        if not port:  # older grpc returns 0 instead of raising
+            raise ServingError(f"cannot bind gRPC port {self._grpc_port} on 127.0.0.1")
+        self._grpc_port = port
         self.grpc_server.start()
 
 

@@ -215,7 +215,8 @@ def test_rest_client_retries_a_timeout_then_names_the_address():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        backend = RestBackend(url, model="wm", timeout=0.2, retries=2, backoff=0.01)
+        backend = RestBackend(url, model="wm", timeout=0.2, retries=2, backoff=0.01,
+                              outputs={"predict": {"reward": "float32"}})
         with pytest.raises(ServingError, match=f"cannot reach TF Serving at {url} after 3"):
             backend.call("predict", {"h": np.zeros((1, 2))})
         assert len(calls) == 3  # the first attempt and two retries

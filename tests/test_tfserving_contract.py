@@ -357,6 +357,9 @@ def test_server_killed_and_restarted_mid_episode(exported, tmp_path):
             for t in (3, 4):
                 resumed.observe(*step_inputs(t), sample="mode")
             np.testing.assert_allclose(resumed.h, want[4], atol=1e-6, err_msg=name)
+            for t in (3, 4):  # and the client that saw the failure reconnects and goes on
+                client.observe(*step_inputs(t), sample="mode")
+            np.testing.assert_allclose(client.h, want[4], atol=1e-6, err_msg=name)
     finally:
         server.kill()
         server.wait(30)
