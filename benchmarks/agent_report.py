@@ -67,13 +67,19 @@ def main() -> int:
     parser.add_argument("--sheeprl", nargs="*", default=[], help="ENV=path/to/sheeprl.log")
     parser.add_argument("--planner", nargs="*", default=[],
                         help="ENV=MEAN,STD,ENV_STEPS of examples/plan.py's Keras planner")
+    parser.add_argument("--note", default="", help="a sentence on how the runs were made")
     args = parser.parse_args()
     sheeprl = dict(item.split("=", 1) for item in args.sheeprl)
     planner = {k: [float(x) for x in v.split(",")]
                for k, v in (item.split("=", 1) for item in args.planner)}
     report, rows = {"runs": {}}, []
     for run in map(Path, args.runs):
-        summary = json.loads((run / "agent.json").read_text())
+        if (run / "agent.json").is_file():  # the run finished
+            summary = json.loads((run / "agent.json").read_text())
+        else:  # stopped before its budget: the checkpoint's record of the evaluations
+            state = json.loads((run / "agent.keras.json").read_text())
+            summary = {"env": run.name, "evaluations": state["evals"], "stopped_early": True,
+                       "env_steps": state["env_steps"], "seconds": state["seconds"]}
         env_id = summary["env"]
         evals = summary["evaluations"]
         best = max(evals, key=lambda e: e["mean_return"])
@@ -117,7 +123,7 @@ def main() -> int:
     write_results("agent", "The agent: returns and the budget to reach them", report, table,
                   "Returns: mean +- std over 10 episodes of the policy's mode (sheeprl: its "
                   "training episodes, and its own single test episode). Wall time: the run's "
-                  "own clock on this machine, including evaluations.")
+                  "own clock on this machine, including evaluations. " + args.note)
     return 0
 
 
