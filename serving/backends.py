@@ -394,8 +394,8 @@ class RestBackend(_ServerBackend):
     ``signature_name`` and the inputs in columnar (``inputs``, the default) or row
     (``instances``) format; every documented answer is read: ``outputs`` (an object,
     or the bare tensor of a one-output signature) and ``predictions`` (rows of objects,
-    or of values), with ``NaN``/``Infinity`` tokens. Output dtypes come from the
-    model's metadata, read once per version."""
+    or of values), with ``NaN``/``Infinity`` tokens. Output dtypes come from ``outputs``
+    or else from the model's metadata, read once per version."""
 
     name = "rest"
 
