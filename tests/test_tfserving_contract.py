@@ -4,7 +4,7 @@ The contract is TF Serving's ``g3doc/api_rest.md`` (request and response forms, 
 mapping, NaN tokens, error bodies) and, where it is silent, its ``util/json_tensor.cc``
 and batching session: the expected values here are written from those documents by
 hand, not taken from the code under test. The version, fault and batching tests run
-the stand-in on copies of the shared export.
+the stand-in on copies of a SavedModel-only export of the shared export's model sizes.
 """
 
 import json
@@ -42,6 +42,27 @@ from served import free_port, rest_forms_agree
 
 ROOT = Path(__file__).resolve().parent.parent
 F32, U8 = np.dtype(np.float32), np.dtype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``(out, manifest)``: the shared export's model (an untrained Dreamer of its
+    sizes, so every signature is there, the actor's too) exported as a SavedModel only:
+    what a TF Serving server serves, without the ONNX/LiteRT conversions and the parity
+    run, so these tests do not wait for (or add to) the shared export's worker."""
+    from conftest import EXPORT_BEHAVIOR, EXPORT_CONFIG
+    from rssm_tf_export.exporter import export_model
+
+    from rssm_tf import Dreamer
+    from rssm_tf.saving import save_world_model
+
+    root = tmp_path_factory.mktemp("served")
+    model = Dreamer(EXPORT_CONFIG, EXPORT_BEHAVIOR, seed=4)
+    model.compile()
+    path = save_world_model(model, root / "model.keras")
+    manifest = export_model(path, root / "export", name="wm", onnx=False, litert=False,
+                            parity=False, verbose=False)
+    return root / "export", manifest
 
 
 # ------------------------------------------------------------ the documented forms
@@ -138,14 +159,14 @@ def test_malformed_requests_get_tf_servings_messages(text, words):
         parse(text, {"a": (F32, [None, 1]), "b": (U8, [None, 1])})
 
 
-def test_every_signature_in_both_formats_through_rest(exported):
-    out, manifest = exported
+def test_every_signature_in_both_formats_through_rest(served):
+    out, manifest = served
     rest_forms_agree(out, manifest)
 
 
 # --------------------------------------------------------------------- versions
 def write_version(export_out: Path, base: Path, version: int, scale: float = 1.0) -> Path:
-    """A copy of the shared export's SavedModel as ``base/version``; ``scale`` != 1
+    """A copy of the served export's SavedModel as ``base/version``; ``scale`` != 1
     multiplies every float variable in its checkpoint (different weights, same graph)."""
     src = next(p for p in (export_out / "saved_model" / "wm").iterdir() if p.name.isdigit())
     tmp = base / f".tmp-{version}"
@@ -192,8 +213,8 @@ def statuses(server: StandInServer) -> dict[str, tuple[str, str]]:
 
 
 def test_half_copied_empty_or_corrupt_versions_are_refused_and_the_served_one_stays(
-        exported, tmp_path):
-    out, _ = exported
+        served, tmp_path):
+    out, _ = served
     base = tmp_path / "wm"
     write_version(out, base, 1)
     with StandInServer(base, name="wm", poll_seconds=0) as server:
@@ -236,11 +257,11 @@ def test_half_copied_empty_or_corrupt_versions_are_refused_and_the_served_one_st
             fixed.predict()
 
 
-def test_a_version_loaded_mid_episode_does_not_continue_the_old_state(exported, tmp_path):
+def test_a_version_loaded_mid_episode_does_not_continue_the_old_state(served, tmp_path):
     """The watcher loads version 2 (other weights) while an episode runs on version 1:
     with two versions kept the episode ends on version 1's weights; once version 1 is
     unloaded its calls fail naming it, and reset() moves to version 2."""
-    out, _ = exported
+    out, _ = served
     base = tmp_path / "wm"
     write_version(out, base, 1)
     v2 = tmp_path / "staging" / "wm"
@@ -317,11 +338,11 @@ def start_standin_process(base: Path, rest_port: int, grpc_port: int) -> subproc
     return proc
 
 
-def test_server_killed_and_restarted_mid_episode(exported, tmp_path):
+def test_server_killed_and_restarted_mid_episode(served, tmp_path):
     """SIGKILL of the server process mid-episode: each client's next call fails after
     its bounded retries, naming the address, and changes nothing; a restarted server
     and the saved state continue the episode where it stopped."""
-    out, _ = exported
+    out, _ = served
     base = out / "saved_model" / "wm"
     rest_port, grpc_port = free_port(), free_port()
     want = reference_episode(next(p for p in base.iterdir() if p.name.isdigit()), 5)
@@ -365,8 +386,8 @@ def test_server_killed_and_restarted_mid_episode(exported, tmp_path):
         server.wait(30)
 
 
-def test_bad_requests_get_tf_servings_errors_and_others_are_served(exported):
-    out, _ = exported
+def test_bad_requests_get_tf_servings_errors_and_others_are_served(served):
+    out, _ = served
     with StandInServer(out / "saved_model" / "wm", name="wm", poll_seconds=0) as server:
         url = f"{server.rest_url}/v1/models/wm:predict"
         h, z = np.zeros((1, 32), "f"), np.zeros((1, 16), "f")
@@ -420,8 +441,8 @@ def test_bad_requests_get_tf_servings_errors_and_others_are_served(exported):
 
 
 # --------------------------------------------------------------------- batching
-def test_concurrent_requests_are_batched_as_batching_config_says(exported):
-    out, _ = exported
+def test_concurrent_requests_are_batched_as_batching_config_says(served):
+    out, _ = served
     params = Batching(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1)
     session = SessionBackend(out / "saved_model" / "wm")
     rng = np.random.default_rng(0)
