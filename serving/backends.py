@@ -428,31 +428,30 @@ class RestBackend(_ServerBackend):
     def endpoint(self) -> str:
         return f"{self._path()}:predict"
 
-    def _get(self, url: str) -> Any:
+    def _send(self, what: str, method: str, url: str, **kw: Any) -> Any:
+        """The JSON answer of ``method url`` (connection failures and timeouts retried);
+        an answer other than 200 is a :class:`ServingError` naming ``what``."""
         errors = (self._requests.ConnectionError, self._requests.Timeout)
-        return _retrying(self.url, self.attempts, self.backoff,
-                         lambda: self.session.get(url, timeout=self.timeout), errors)
-
-    def _metadata(self) -> dict[str, Any]:
-        url = f"{self._path()}/metadata"
-        response = self._get(url)
+        response = _retrying(self.url, self.attempts, self.backoff,
+                             lambda: self.session.request(method, url, timeout=self.timeout,
+                                                          **kw), errors)
         if response.status_code != 200:
-            raise ServingError(self._refused("metadata", f"HTTP {response.status_code}",
+            raise ServingError(self._refused(what, f"HTTP {response.status_code}",
                                              _error_text(response), response.status_code == 404))
         return response.json()
 
+    def _metadata(self, pinned: bool) -> dict[str, Any]:
+        path = self._path() if pinned else f"{self.url}/v1/models/{self.model}"
+        return self._send("metadata", "GET", f"{path}/metadata")
+
     def latest_version(self) -> int:
-        response = self._get(f"{self.url}/v1/models/{self.model}/metadata")
-        if response.status_code != 200:
-            raise ServingError(f"TF Serving at {self.url}: no version of model {self.model!r} "
-                               f"(HTTP {response.status_code}): {_error_text(response)}")
-        return int(response.json()["model_spec"]["version"])
+        return int(self._metadata(pinned=False)["model_spec"]["version"])
 
     def signatures(self) -> dict[str, dict]:
         """The model's signatures as TF Serving reports them
         (``GET /v1/models/NAME[/versions/V]/metadata``), in the manifest's form:
         ``{name: {"inputs": {key: {"shape", "dtype"}}, "outputs": {...}}}``."""
-        defs = self._metadata()["metadata"]["signature_def"]["signature_def"]
+        defs = self._metadata(pinned=True)["metadata"]["signature_def"]["signature_def"]
         return {name: {part: {key: {"dtype": _dtype_name(t["dtype"]),
                                     "shape": _json_shape(t.get("tensor_shape", {}))}
                               for key, t in sig.get(part, {}).items()}
@@ -460,13 +459,13 @@ class RestBackend(_ServerBackend):
                 for name, sig in defs.items() if not name.startswith("__")}
 
     def _output_dtypes(self, signature: str) -> dict[str, np.dtype]:
-        if self._given is not None:
-            self._outputs[self.version] = self._given
-        elif self.version not in self._outputs:
-            self._outputs[self.version] = {
-                name: {k: np.dtype(v["dtype"]) for k, v in sig["outputs"].items()}
-                for name, sig in self.signatures().items()}
-        known = self._outputs[self.version]
+        known = self._given
+        if known is None:
+            if self.version not in self._outputs:
+                self._outputs[self.version] = {
+                    name: {k: np.dtype(v["dtype"]) for k, v in sig["outputs"].items()}
+                    for name, sig in self.signatures().items()}
+            known = self._outputs[self.version]
         if signature not in known:
             raise ServingError(self._refused(signature, "metadata", f"signature {signature!r}"
                                              " is not in the model's metadata", True))
@@ -484,14 +483,8 @@ class RestBackend(_ServerBackend):
         else:
             data = {"inputs": lists}
         body = json.dumps({"signature_name": signature, **data})  # NaN -> NaN token
-        errors = (self._requests.ConnectionError, self._requests.Timeout)
-        response = _retrying(self.url, self.attempts, self.backoff,
-                             lambda: self.session.post(self.endpoint, data=body,
-                                                       timeout=self.timeout), errors)
-        if response.status_code != 200:
-            raise ServingError(self._refused(signature, f"HTTP {response.status_code}",
-                                             _error_text(response), response.status_code == 404))
-        return read_predict_response(response.json(), self._output_dtypes(signature))
+        answer = self._send(signature, "POST", self.endpoint, data=body)
+        return read_predict_response(answer, self._output_dtypes(signature))
 
 
 def _error_text(response: Any) -> str:

@@ -422,11 +422,12 @@ class StandInServer:
             found = {int(p.name): p for p in self.base_path.iterdir()
                      if p.name.isdigit() and p.is_dir()}
         ready = []  # loaded, or complete and not refused as they are now
+        listings = {}
         for version, path in found.items():
             if version in self.loaded:
                 ready.append(version)
                 continue
-            listing = _listing(path)
+            listing = listings[version] = _listing(path)
             status = self.status.get(version)
             if status is not None and status.error_code != "OK" and status.listing == listing:
                 continue  # refused before, unchanged since
@@ -436,14 +437,14 @@ class StandInServer:
                 ready.append(version)
         for version in self.policy.aspired(ready):
             if version not in self.loaded:
-                self._load(version, found[version])
+                self._load(version, found[version], listings[version])
         keep = self.policy.aspired([v for v in ready if v in self.loaded])
         if keep:  # availability first: nothing leaves until a wanted version serves
             for version in [v for v in self.loaded if v not in keep]:
                 self._unload(version)
 
-    def _load(self, version: int, path: Path) -> None:
-        listing = _listing(path)
+    def _load(self, version: int, path: Path, listing: tuple) -> None:
+        """Loads ``path`` (whose files are ``listing``) as ``version``, or refuses it."""
         if not (path / "saved_model.pb").is_file() and not (path / "saved_model.pbtxt"
                                                             ).is_file():
             message = (f"version {version} at {path}: Could not find SavedModel .pb or "
