@@ -4,6 +4,23 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# XLA's persistent compilation cache (TensorFlow's --tf_xla_persistent_cache_directory),
+# one directory per test run, shared by the xdist workers (they inherit this process's
+# environment) and the processes tests start: many tests compile the same small
+# configuration's update, and XLA looks a compiled executable up by its whole HLO module
+# (checked in full on load; files written to a temporary name and renamed), so a cached
+# executable is the one a fresh compile would give. Measured: a repeated compile of the
+# small update 12-18 s -> 8-13 s. Removed when the run ends.
+_XLA_CACHE_VAR = "RSSM_TF_TESTS_XLA_CACHE"
+_XLA_CACHE_OWNER = _XLA_CACHE_VAR not in os.environ
+if _XLA_CACHE_OWNER:
+    import tempfile
+
+    os.environ[_XLA_CACHE_VAR] = tempfile.mkdtemp(prefix="rssm_tf_xla_cache_")
+_flag = f"--tf_xla_persistent_cache_directory={os.environ[_XLA_CACHE_VAR]}"
+if _flag not in os.environ.get("TF_XLA_FLAGS", ""):
+    os.environ["TF_XLA_FLAGS"] = f"{os.environ.get('TF_XLA_FLAGS', '')} {_flag}".strip()
+
 # rssm_tf before TensorFlow, as a user's script usually has it: the tests run the CPU
 # kernels a user gets (rssm_tf/cpu.py)
 from rssm_tf import BehaviorConfig, Dreamer, RssmConfig  # noqa: E402, I001  # isort: skip
@@ -20,6 +37,13 @@ EXPORT_CONFIG = RssmConfig(obs_dim=4, action_dim=2, deterministic_size=32, n_cat
 # The session-scoped models each export once per worker process that uses them: the tests
 # that use one run together in one worker (pytest-xdist's --dist loadgroup).
 SHARED = {"model_path": "export", "exported": "export", "multi_export": "multi_export"}
+
+
+def pytest_unconfigure(config):
+    if _XLA_CACHE_OWNER:
+        import shutil
+
+        shutil.rmtree(os.environ[_XLA_CACHE_VAR], ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups
@@ -56,7 +80,9 @@ def model_path(tmp_path_factory):
     from rssm_tf.saving import save_world_model
 
     model = Dreamer(EXPORT_CONFIG, EXPORT_BEHAVIOR, seed=3)
-    model.compile()
+    # without XLA: the export needs trained weights, not the compiled update (tested in
+    # test_behavior); measured 30 s -> 17 s for this fixture
+    model.compile(jit_compile=False)
     batch = {"obs": np.ones((2, 4, 4), "f"), "action": np.ones((2, 4, 2), "f"),
              "reward": np.ones((2, 4), "f"), "is_first": np.eye(1, 4, dtype="f").repeat(2, 0),
              "is_terminal": np.zeros((2, 4), "f")}

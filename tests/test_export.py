@@ -275,6 +275,26 @@ def test_onnx_conversion_names_the_failing_signature_and_writes_nothing(exported
     assert list(target.iterdir()) == []
 
 
+def test_the_batch_converter_loads_each_saved_model_once():
+    """tf2onnx loads the SavedModel for every signature; the batch converter hands it
+    the first load again for the same path and tags (the files it converts are checked
+    against Keras by the parity tests), and loads anew for another path or tags."""
+    from rssm_tf_export.tf2onnx_batch import _loaded_once
+
+    calls = []
+
+    def load(export_dir, tags=None, options=None):
+        calls.append((export_dir, tags))
+        return object()
+
+    load_once = _loaded_once(load)
+    first = load_once("/m/1", tags=["serve"])
+    assert load_once("/m/1", tags=["serve"]) is first
+    assert load_once("/m/2", tags=["serve"]) is not first
+    assert load_once("/m/1", tags=None) is not first
+    assert calls == [("/m/1", ["serve"]), ("/m/2", ["serve"]), ("/m/1", None)]
+
+
 def test_next_version_and_no_overwrite(model_path, tmp_path):
     for expected in (1, 2):
         manifest = export_model(model_path, tmp_path, name="wm", onnx=False, parity=False,
