@@ -63,11 +63,10 @@ PLANS = {
     # columns 156-444 of the 400x600 render; a random policy rarely takes the cart
     # out of it), so a 1-pixel step is 6 rendered pixels and the pole's tilt shows;
     # cnn_depth 8 (DreamerV3: 32) and cnn_kernel 3 (ours 4, DreamerV3 5): the small
-    # convolutions are most of the update here, and with 3x3 kernels (9/16 of the
-    # products) the horizon-15 ratios read 0.50 (image) and 0.17 (velocity) against
-    # 0.60 and 0.21 with 4x4 (1600 updates each; with 1200, 0.66 and 0.68: too close
-    # to the margin). ``velocity`` holds the cart's velocity and the
-    # pole's angular velocity (state indices 1 and 3), what a single frame cannot show.
+    # convolutions are most of this update, 3x3 kernels do 9/16 of 4x4's products and
+    # predicted better here (benchmarks/results/end_to_end.md; fewer updates did not
+    # keep the margin, docs/performance.md). ``velocity`` holds the cart's velocity and
+    # the pole's angular velocity (state indices 1 and 3), what a single frame cannot show.
     # 160 held-out episodes: a random policy's CartPole episodes are short, and only
     # those of 20 steps or more give a window (about 96 of 160); on 40 (29 windows) one
     # model's horizon-15 ratio read 0.83 for the image, on 160 0.69.
