@@ -259,8 +259,7 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         "name": name, "version": version, "saved_model": str(saved.relative_to(out)),
         "config": model.config.to_dict(), "twohot": model.twohot.get_config(),
         # the observation inputs of obs_step and outputs of decode, one per key
-        "obs_space": {k: {"shape": list(s), "dtype": "uint8" if len(s) == 3 else "float32"}
-                      for k, s in model.config.obs_shapes.items()},
+        "obs_space": model.config.space.manifest(),
         "trained_dtype_policy": trained_policy,
         "signatures": describe_signatures(saved),
         "actor": actor_manifest(model),

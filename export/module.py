@@ -52,7 +52,8 @@ import tensorflow as tf
 
 from rssm_tf import RssmState
 from rssm_tf.planning import cem, rssm_rollout
-from rssm_tf.world_model import WorldModel, decode_observation
+from rssm_tf.predictions import read_heads
+from rssm_tf.world_model import WorldModel
 
 STOCHASTIC = ("obs_step", "imagine_step", "imagine")
 #: a Dreamer's signatures, beside the world model's
@@ -81,12 +82,13 @@ class InferenceModule(tf.Module):
         # tracks. A tf.Module does not see the tf.Variables inside Keras 3 layers, so
         # they are listed here, as keras.export.ExportArchive.track does; without this
         # only tf.saved_model.load (which follows the functions' captures) works.
-        # (the RSSM's, the decoder's: ``decode`` reads it; and a Dreamer's actor's)
+        # (the RSSM's, every head's, and a Dreamer's actor's)
         #: the actor of a :class:`rssm_tf.Dreamer` (``act*`` signatures), else None
         self.actor = getattr(model, "actor", None)
-        self.tracked_variables = [v.value for v in model.rssm.variables
-                                  + model.decoder.variables
-                                  + (self.actor.variables if self.actor else [])]
+        variables = model.rssm.variables + [v for head in model.heads for v in head.variables]
+        variables += self.actor.variables if self.actor else []
+        unique = {id(v): v for v in variables}  # the RSSM's own heads are in both
+        self.tracked_variables = [v.value for v in unique.values()]
         c = model.config
         self.config = c
         f32 = tf.float32
@@ -107,9 +109,7 @@ class InferenceModule(tf.Module):
             "high": tf.TensorSpec([c.action_dim], f32, name="high"),
         }
         #: one input per observation key, named after it
-        self.obs_specs = {k: tf.TensorSpec([None, *shape], tf.uint8 if k in c.image_keys
-                                           else f32, name=k)
-                          for k, shape in c.obs_shapes.items()}
+        self.obs_specs = c.space.specs([None], named=True)
 
     @property
     def signature_names(self) -> tuple[str, ...]:
@@ -144,7 +144,9 @@ class InferenceModule(tf.Module):
         return {"h_next": state.h, "z_next": state.z, "prior_logits": prior}
 
     def predict(self, h, z) -> dict[str, tf.Tensor]:
-        return self.rssm.predict(h, z)
+        """What the heads of the ``predict`` signature serve (the reward's and the
+        continue flag's predictions and logits)."""
+        return read_heads(self.model.heads, h, z, "predict")
 
     def imagine(self, h, z, actions, noise=None, mode=False) -> dict[str, tf.Tensor]:
         states, _ = self.rssm.imagine(RssmState(h, z), actions, sample=False,
@@ -173,8 +175,9 @@ class InferenceModule(tf.Module):
         return {"h_next": state.h, "z_next": state.z, "action_next": chosen}
 
     def decode(self, h, z) -> dict[str, tf.Tensor]:
-        """The decoder's prediction of every observation key from the state."""
-        return decode_observation(self.config, self.model.decoder(RssmState(h, z).feat()))
+        """What the heads of the ``decode`` signature serve: the prediction of every
+        observation key from the state."""
+        return read_heads(self.model.heads, h, z, "decode")
 
     # ----------------------------------------------------------- signatures
     def function(self, name: str) -> tuple[Any, list[tf.TensorSpec]]:

@@ -124,7 +124,7 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
     c = module.config
     dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
                                        "action_dim")}
-    dims["obs_space"] = c.obs_shapes
+    dims["obs_space"] = c.space.manifest()
     if module.actor is not None:
         dims["actor"] = "discrete" if module.actor.behavior.discrete else "continuous"
     cases = make_cases(dims, batch, rollout, horizon, seed)

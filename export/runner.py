@@ -26,8 +26,8 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     12 candidates of 4 steps) and two multi-step rollouts.
 
     ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``action_dim``
-    and ``obs_space`` ``{key: per-step shape}`` (rank 1: a float vector, rank 3: uint8
-    pixels; the resolved space, ``RssmConfig.obs_shapes``); with ``actor``
+    and ``obs_space`` as the manifest describes it (``{key: {"shape": per-step shape,
+    "dtype": "float32" or "uint8"}}``, ``ObsSpace.manifest()``); with ``actor``
     ("discrete" or "continuous", a Dreamer's export) also the ``act_*`` cases.
     """
     rng = np.random.default_rng(seed)
@@ -42,9 +42,9 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     action = f32(rng.uniform(-1, 1, (batch, a)))
 
     def observation(*lead: int) -> dict[str, np.ndarray]:
-        return {key: rng.integers(0, 256, (*lead, *shape)).astype(np.uint8)
-                if len(shape) == 3 else f32(rng.normal(size=(*lead, *shape)))
-                for key, shape in space.items()}
+        return {key: rng.integers(0, 256, (*lead, *desc["shape"])).astype(np.uint8)
+                if desc["dtype"] == "uint8" else f32(rng.normal(size=(*lead, *desc["shape"])))
+                for key, desc in space.items()}
 
     obs = observation(batch)
     noise = f32(rng.uniform(0.001, 0.999, (batch, s, k)))

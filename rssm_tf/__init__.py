@@ -39,6 +39,7 @@ from rssm_tf.planning import Planner, PlannerConfig
 from rssm_tf.replay import Replay
 from rssm_tf.rssm import Rssm, RssmState
 from rssm_tf.saving import AtomicModelCheckpoint, load_world_model, save_world_model
+from rssm_tf.spaces import ObsKey, ObsSpace
 from rssm_tf.world_model import WorldModel, evaluate_open_loop
 
 __version__ = "0.1.0"
@@ -51,7 +52,7 @@ __all__ = [
     "load_world_model", "make_dataset",
     "save_episode", "save_world_model",
     "BlockGRU", "BlockLinear", "ImageDecoder", "ImageEncoder", "KlBalanceConfig", "KlLoss",
-    "Mlp", "NormDense", "ObsDecoder", "ObsEncoder", "Rssm",
+    "Mlp", "NormDense", "ObsDecoder", "ObsEncoder", "ObsKey", "ObsSpace", "Rssm",
     "RssmConfig", "RssmState", "TwohotEncoder", "VectorEncoder", "categorical_entropy",
     "categorical_kl",
     "kl_balanced_loss", "latent_distribution", "mix_logits", "sample_latent", "symexp",

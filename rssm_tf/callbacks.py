@@ -153,8 +153,8 @@ class ImaginationCallback(keras.callbacks.Callback):
         chosen = [e for e in episodes if len(e["action"]) >= span]
         if not chosen:
             raise ValueError(f"no episode has context + horizon = {span} steps")
-        self.window = {k: v[None, :span] if v.dtype == np.uint8
-                       else v[None, :span].astype("float32") for k, v in chosen[0].items()}
+        self.window = {k: v[None, :span] for k, v in chosen[0].items()}  # dtypes: the model's
+        self.window["is_first"] = self.window["is_first"].astype("float32")  # a copy
         self.window["is_first"][:, 0] = 1.0
         self.out_dir = Path(out_dir)
         self.context, self.horizon = context, horizon
@@ -162,9 +162,10 @@ class ImaginationCallback(keras.callbacks.Callback):
         self.paths: dict[str, Path] = {}  # the pictures of the last epoch, by name
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        w = self.window
-        keys = self.model.config.obs_keys
-        pred = self.model.open_loop({k: w[k] for k in keys}, w["action"], w["is_first"],
+        w, space = self.window, self.model.config.space
+        keys = tuple(space)
+        pred = self.model.open_loop({k: space[k].as_numpy(w[k]) for k in keys},
+                                    w["action"].astype("float32"), w["is_first"],
                                     self.context, self.horizon)
         dream = {k: np.concatenate([pred[f"context_{k}"][0], pred[k][0]]) for k in keys}
         ctx_reward = w["reward"][0, :self.context]  # the reward is not reconstructed

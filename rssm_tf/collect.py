@@ -29,6 +29,7 @@ import numpy as np
 
 from rssm_tf.config import IMAGE_KEY, VECTOR_KEY
 from rssm_tf.episodes import save_episode
+from rssm_tf.spaces import IMAGE, kind_of, stored_dtype
 from rssm_tf.validation import check_positive_int
 
 
@@ -117,12 +118,12 @@ class EpisodeRecorder:
         return len(self.steps["action"])
 
     def episode(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v, np.uint8 if np.ndim(v[0]) == 3 else np.float32)
-                for k, v in self.steps.items()}
+        return {k: np.asarray(v, stored_dtype(np.shape(v[0]))) for k, v in self.steps.items()}
 
 
 def _is_image(space: Any) -> bool:
-    return space.dtype == np.uint8 and len(space.shape) == 3
+    """Whether a gymnasium ``Box`` holds frames: uint8 of an image's rank."""
+    return space.dtype == np.uint8 and kind_of(space.shape) == IMAGE
 
 
 def _check_vector_keys(vector_keys: Any, size: int) -> dict[str, list[int]] | None:

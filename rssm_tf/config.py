@@ -9,12 +9,14 @@ JSON, and Keras' ``get_config``/``from_config`` (as plain dicts).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from typing import Any
 
 import numpy as np
 
+from rssm_tf.spaces import IMAGE, RANKS, VECTOR, ObsSpace, kind_of
 from rssm_tf.validation import check_non_negative_int, check_positive_int
 
 # "silu": the DreamerV3 paper's choice (the default, fused backward); "gelu": the tanh
@@ -57,7 +59,8 @@ class RssmConfig:
     float vector, rank 3 a uint8 image [H, W, C] (all image keys the same H and W).
     ``obs_dim=O`` and ``image_shape=(H, W, C)`` are the short forms of one vector key
     ``"obs"`` and one image key ``"image"``; give either the short forms or
-    ``obs_space``. :attr:`obs_shapes` is the resolved space either way.
+    ``obs_space``. :attr:`obs_shapes` is the resolved space either way, :attr:`space`
+    what each key is (kind, dtype, loss; :mod:`rssm_tf.spaces`).
 
     Shapes: the state is ``h`` [B, D] and ``z`` [B, S*K]; ``feat`` is [B, D + S*K].
     """
@@ -134,12 +137,12 @@ class RssmConfig:
                                  f"{sorted(RESERVED_KEYS)}")
             if isinstance(shape, int) and not isinstance(shape, bool):
                 shape = (shape,)
-            if not _is_shape(shape, (1, 3)):
+            if not _is_shape(shape, tuple(RANKS.values())):
                 raise ValueError(
                     f"obs_space[{key!r}] must be (size,) for a vector or (height, width, "
                     f"channels) for an image, of positive integers; got {shape!r}")
             resolved[key] = tuple(shape)
-        sides = {k: s[:2] for k, s in resolved.items() if len(s) == 3}
+        sides = {k: s[:2] for k, s in resolved.items() if kind_of(s) == IMAGE}
         if len(set(sides.values())) > 1:
             raise ValueError(f"obs_space image keys must share height and width (their "
                              f"channels are stacked for one CNN); got {sides}")
@@ -187,8 +190,8 @@ class RssmConfig:
         ``RssmConfig(obs_dim, action_dim, image_shape=...)``)."""
         shapes = {k: tuple(v) for k, v in obs_space.items()}
         short = set(shapes) <= {VECTOR_KEY, IMAGE_KEY} \
-            and len(shapes.get(VECTOR_KEY, (0,))) == 1 \
-            and len(shapes.get(IMAGE_KEY, (0,) * 3)) == 3
+            and kind_of(shapes.get(VECTOR_KEY, (0,))) == VECTOR \
+            and kind_of(shapes.get(IMAGE_KEY, (0,) * 3)) == IMAGE
         if short:
             return cls(obs_dim=shapes[VECTOR_KEY][0] if VECTOR_KEY in shapes else 0,
                        action_dim=action_dim, image_shape=shapes.get(IMAGE_KEY), **fields)
@@ -207,15 +210,21 @@ class RssmConfig:
             shapes[IMAGE_KEY] = tuple(self.image_shape)
         return shapes
 
+    @functools.cached_property
+    def space(self) -> ObsSpace:
+        """The observation space (:class:`~rssm_tf.spaces.ObsSpace`): what each key
+        is, its dtype, loss space, loss term and names."""
+        return ObsSpace(self.obs_shapes)
+
     @property
     def vector_keys(self) -> tuple[str, ...]:
-        """The keys of rank 1 (float vectors), concatenated for the vector encoder."""
-        return tuple(k for k, s in self.obs_shapes.items() if len(s) == 1)
+        """The vector keys, concatenated for the vector encoder."""
+        return self.space.of_kind(VECTOR)
 
     @property
     def image_keys(self) -> tuple[str, ...]:
-        """The keys of rank 3 (uint8 images), stacked on channels for the CNN."""
-        return tuple(k for k, s in self.obs_shapes.items() if len(s) == 3)
+        """The image keys, stacked on channels for the CNN."""
+        return self.space.of_kind(IMAGE)
 
     @property
     def vector_size(self) -> int:

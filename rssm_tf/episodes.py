@@ -37,14 +37,15 @@ import numpy as np
 
 from rssm_tf.atomic import atomic_path
 from rssm_tf.config import RssmConfig
+from rssm_tf.spaces import IMAGE, kind_of
 
 STEP_KEYS = ("action", "reward", "is_first", "is_terminal")
 
 
 def observation_keys(shapes: dict[str, Any]) -> tuple[str, ...]:
     """The observation keys among ``shapes`` (``{key: per-step shape}``), sorted: the
-    keys other than :data:`STEP_KEYS` with a per-step shape (vectors have rank 1,
-    images rank 3; :func:`validate_episode` refuses other ranks)."""
+    keys other than :data:`STEP_KEYS` with a per-step shape (what kind each is:
+    :func:`rssm_tf.spaces.kind_of`; :func:`validate_episode` refuses other shapes)."""
     return tuple(sorted(k for k, s in shapes.items() if k not in STEP_KEYS and len(s)))
 
 
@@ -80,10 +81,11 @@ def validate_episode(episode: dict[str, Any], where: str = "episode") -> dict[st
     out = {}
     for key in obs_keys + STEP_KEYS:
         value = arrays[key]
-        if key in obs_keys and value.ndim not in (2, 4):
+        kind = kind_of(value.shape[1:]) if key in obs_keys else None
+        if key in obs_keys and kind is None:
             raise EpisodeError(f"{where}: {key} must have shape [T, O] (a vector) or "
                                f"[T, H, W, C] (an image), got {list(value.shape)}")
-        if value.ndim == 4:
+        if kind == IMAGE:
             if value.dtype != np.uint8:
                 raise EpisodeError(f"{where}: {key} must be uint8 pixels in [0, 255] (an "
                                    f"image [T, H, W, C]), got dtype {value.dtype}")

@@ -20,12 +20,7 @@ import tensorflow as tf
 from rssm_tf.config import RssmConfig
 from rssm_tf.layers import Mlp, activation_fn, make_norm, norm_act
 from rssm_tf.math import symlog
-
-
-def image_to_float(image: tf.Tensor, dtype: str = "float32") -> tf.Tensor:
-    """uint8 pixels in [0, 255] -> floats in [-0.5, 0.5], the encoder's input and the
-    decoder's target."""
-    return tf.cast(tf.cast(image, "float32") / 255.0 - 0.5, dtype)
+from rssm_tf.spaces import image_to_float
 
 
 def cnn_grid(image_shape: tuple[int, ...], depth: int, stages: int) -> tuple[int, int, int]:
@@ -173,11 +168,10 @@ class ObsEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         c = self.config = RssmConfig.from_dict(config)
         self.vector = self.image = None
-        if c.vector_keys:
-            self.vector = VectorEncoder(c.encoder_layers, c.hidden_size, norm=c.norm,
-                                        norm_eps=c.norm_eps, activation=c.activation,
-                                        name="vector",
-                                        dtype=self.dtype_policy)
+        if c.vector_keys:  # on the keys in their loss space (ObsKey.encode)
+            self.vector = Mlp(c.encoder_layers, c.hidden_size, norm=c.norm,
+                              norm_eps=c.norm_eps, activation=c.activation, name="vector",
+                              dtype=self.dtype_policy)
         if c.image_keys:
             self.image = ImageEncoder(c.cnn_depth, c.cnn_stages, c.cnn_kernel, c.norm,
                                       c.norm_eps, c.activation, name="image",
@@ -195,19 +189,18 @@ class ObsEncoder(keras.layers.Layer):
     def call(self, obs: dict[str, tf.Tensor]) -> tf.Tensor:
         c, parts = self.config, []
         if self.vector:
-            parts.append(self.vector(_stack(obs, c.vector_keys, self.compute_dtype)))
+            parts.append(self.vector(_stack([c.space[k].encode(obs[k], self.compute_dtype)
+                                             for k in c.vector_keys])))
         if self.image:
-            parts.append(self.image(_stack(obs, c.image_keys)))
+            parts.append(self.image(_stack([obs[k] for k in c.image_keys])))
         return parts[0] if len(parts) == 1 else tf.concat(parts, -1)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "config": self.config.to_dict()}
 
 
-def _stack(obs: dict[str, tf.Tensor], keys: tuple[str, ...], dtype: Any = None
-           ) -> tf.Tensor:
-    """The tensors of ``keys`` concatenated on the last axis (cast to ``dtype``)."""
-    parts = [obs[k] if dtype is None else tf.cast(obs[k], dtype) for k in keys]
+def _stack(parts: list[tf.Tensor]) -> tf.Tensor:
+    """``parts`` concatenated on the last axis."""
     return parts[0] if len(parts) == 1 else tf.concat(parts, -1)
 
 
@@ -257,7 +250,7 @@ def _split(x: tf.Tensor, config: RssmConfig, keys: tuple[str, ...]
     """The last axis of ``x`` split back into ``keys`` (their last sizes)."""
     if len(keys) == 1:
         return {keys[0]: x}
-    sizes = [config.obs_shapes[k][-1] for k in keys]
+    sizes = [config.space[k].shape[-1] for k in keys]
     return dict(zip(keys, tf.split(x, sizes, axis=-1)))
 
 

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from rssm_tf.atomic import write_atomic
 from rssm_tf.episodes import STEP_KEYS, EpisodeError, _pick_obs_keys, load_episode
+from rssm_tf.spaces import stored_dtype
 from rssm_tf.validation import check_positive_int
 
 INDEX_FILE = "episode-index.json"
@@ -314,7 +315,7 @@ class Replay:
 
     # ------------------------------------------------------------- tf.data
     def specs(self) -> dict[str, tf.TensorSpec]:
-        return {k: tf.TensorSpec([self.seq_len, *s], tf.uint8 if len(s) == 3 else tf.float32)
+        return {k: tf.TensorSpec([self.seq_len, *s], stored_dtype(s))
                 for k, s in self.shapes.items()}
 
     def dataset(self, batch_size: int, seed: int | None = 0, repeat: bool = True,

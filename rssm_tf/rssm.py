@@ -31,10 +31,10 @@ from rssm_tf.heads import ObsEncoder, make_continue_head, make_reward_head
 from rssm_tf.latents import gumbel, mix_logits, sample_latent, sample_log_probs, uniform_noise
 from rssm_tf.layers import BlockGRU, Mlp, NormDense, matmul
 from rssm_tf.losses import TwohotEncoder
+from rssm_tf.predictions import ContinueHead, RewardHead, read_heads
 from rssm_tf.scan import observe_scan
 from rssm_tf.validation import (
     as_float_tensor,
-    as_image_tensor,
     check_keys,
     check_positive_int,
     check_same,
@@ -125,6 +125,8 @@ class Rssm(keras.layers.Layer):
                             **norm)
         self.reward_head = make_reward_head(c, self.twohot.num_bins, dtype=policy)
         self.continue_head = make_continue_head(c, dtype=policy)
+        self._heads = _Untracked((RewardHead(self.reward_head, self.twohot, self._feat),
+                                  ContinueHead(self.continue_head, self._feat)))
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.build()
 
@@ -287,16 +289,14 @@ class Rssm(keras.layers.Layer):
             obs = {keys[0]: obs}
         check_keys("obs", obs, keys)
         out = {}
-        for key, shape in c.obs_shapes.items():
-            if len(shape) == 3:
-                value = as_image_tensor(key, obs[key])
-            else:
-                value = as_float_tensor(key, obs[key])
-                value = eager_finite(key, value) if finite else value
+        for key, space in c.space.items():
+            value = space.convert(obs[key])
+            if finite and space.dtype == "float32":
+                value = eager_finite(key, value)
             rank = value.shape.rank
             axes = lead if lead is not None else \
-                [None] * max(1, (rank or 0) - len(shape))
-            check_shape(key, value, list(axes) + list(shape))
+                [None] * max(1, (rank or 0) - len(space.shape))
+            check_shape(key, value, list(axes) + list(space.shape))
             out[key] = value
         return out
 
@@ -343,22 +343,24 @@ class Rssm(keras.layers.Layer):
         z = sample_latent(prior, self._noise(tf.shape(prior), ["B"], sample, noise))
         return (RssmState(h, z), prior) if return_logits else RssmState(h, z)
 
+    @property
+    def heads(self) -> tuple[RewardHead, ContinueHead]:
+        """The reward and continue heads (:mod:`rssm_tf.predictions`)."""
+        return self._heads.value
+
     def predict_reward(self, h: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
         """Reward twohot logits [..., bins] from ``h`` [..., D] and ``z`` [..., S*K]."""
-        return tf.cast(self.reward_head(self._feat(h, z)), "float32")
+        return self.heads[0].outputs(h, z)["reward_logits"]
 
     def predict_continue(self, h: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
         """Continue Bernoulli logit [..., 1] from ``h`` [..., D] and ``z`` [..., S*K]."""
-        return tf.cast(self.continue_head(self._feat(h, z)), "float32")
+        return self.heads[1].outputs(h, z)["continue_logits"][..., None]
 
     def predict(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
         """Both heads read out for ``h`` [..., D], ``z`` [..., S*K]: ``reward`` [...]
         (decoded), ``reward_logits`` [..., bins], ``continue_prob`` [...] and
         ``continue_logits`` [...]."""
-        reward_logits = self.predict_reward(h, z)
-        cont_logits = self.predict_continue(h, z)[..., 0]
-        return {"reward": self.decode_reward(reward_logits), "reward_logits": reward_logits,
-                "continue_prob": tf.sigmoid(cont_logits), "continue_logits": cont_logits}
+        return read_heads(self.heads, h, z, "predict")
 
     def decode_reward(self, reward_logits: tf.Tensor) -> tf.Tensor:
         """Expected reward [...] from twohot logits [..., bins]."""

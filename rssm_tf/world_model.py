@@ -30,10 +30,10 @@ import tensorflow as tf
 from rssm_tf.config import KlBalanceConfig, RssmConfig
 from rssm_tf.cpu import onednn_enabled
 from rssm_tf.episodes import STEP_KEYS
-from rssm_tf.heads import ObsDecoder, image_to_float
+from rssm_tf.heads import ObsDecoder
 from rssm_tf.latents import uniform_at
 from rssm_tf.losses import TwohotEncoder, categorical_entropy, kl_balanced_loss
-from rssm_tf.math import symexp, symlog
+from rssm_tf.predictions import Head, ObservationHead, read_heads
 from rssm_tf.rssm import Rssm, RssmState, _Untracked, swap_bt
 from rssm_tf.validation import as_float_tensor, check_finite, check_same, check_shape
 
@@ -105,12 +105,22 @@ class WorldModel(keras.Model):
                          dtype=self.dtype_policy)
         self.decoder = ObsDecoder(config, name="decoder", dtype=self.dtype_policy)
         self.decoder.build()
+        self._heads = _Untracked((ObservationHead(self.decoder, config.space),
+                                  *self.rssm.heads))
         self.batch_keys = config.obs_keys + STEP_KEYS
-        #: the logged terms: METRIC_NAMES and ``rec/<key>`` per observation key
-        self.metric_names = METRIC_NAMES[:2] + tuple(
-            f"rec/{k}" for k in config.obs_keys) + METRIC_NAMES[2:]
+        #: the logged terms: ``loss``, every head's terms (``rec``, ``rec/<key>`` per
+        #: observation key, ``rew``, ``con``), the KL terms and ``grad_norm``
+        self.metric_names = METRIC_NAMES[:1] + tuple(
+            name for head in self.heads for name in head.metric_names) + METRIC_NAMES[4:]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
         self.built = True
+
+    @property
+    def heads(self) -> tuple[Head, ...]:
+        """What the model predicts (:mod:`rssm_tf.predictions`): the observations, the
+        reward and the continue flag; losses, metrics, ``open_loop`` and the export
+        loop over them."""
+        return self._heads.value
 
     @property
     def twohot(self) -> TwohotEncoder:
@@ -286,19 +296,16 @@ class WorldModel(keras.Model):
         batch = self.validate_batch(inputs)
         states, post, prior = self.rssm.observe(self._obs(batch), batch["action"],
                                                 batch["is_first"], sample=False)
-        return {**self._heads(states), "post_logits": post, "prior_logits": prior}
+        return {**read_heads(self.heads, states.h, states.z), "post_logits": post,
+                "prior_logits": prior}
+
+    def loss_scale(self, head: Head) -> float:
+        """The weight of ``head``'s loss term: ``<loss_name>_scale`` (``rec_scale``,
+        ``rew_scale``, ``con_scale``), 1 for a head the model has no scale for."""
+        return getattr(self, f"{head.loss_name}_scale", 1.0)
 
     def _obs(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return {k: batch[k] for k in self.config.obs_keys}
-
-    def _heads(self, states) -> dict[str, tf.Tensor]:
-        """Decoder and heads on ``states``: ``recon`` (each observation key in its loss
-        space), each key decoded (:func:`decode_observation`), and
-        :meth:`Rssm.predict`'s reward and continue outputs."""
-        recon = self.decoder(states.feat())
-        out = {"recon": recon, **self.rssm.predict(states.h, states.z)}
-        out.update(decode_observation(self.config, recon))
-        return out
 
     def compute_losses(self, batch: dict[str, tf.Tensor], noise: tf.Tensor | None = None
                        ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
@@ -323,19 +330,15 @@ class WorldModel(keras.Model):
         states, post, prior = self.rssm.observe_time_major(
             self._obs(batch), batch["action"], batch["is_first"], state, noise,
             xla_loop=getattr(self, "xla_loop", False))
-        out = self._heads(states)
-        recs = reconstruction_losses(self.config, out["recon"], batch)
-        rec = tf.add_n(list(recs.values()))
-        rew = self.twohot.loss(out["reward_logits"], batch["reward"])
-        con = tf.nn.sigmoid_cross_entropy_with_logits(
-            labels=1.0 - batch["is_terminal"], logits=out["continue_logits"])
+        out = read_heads(self.heads, states.h, states.z)
+        terms: dict[str, tf.Tensor] = {}
+        for head in self.heads:
+            terms.update(head.losses(out, batch))
         kl = kl_balanced_loss(post, prior, self.kl)
-        loss = tf.reduce_mean(self.rec_scale * rec + self.rew_scale * rew
-                              + self.con_scale * con) + kl.loss
-        logs = {"loss": loss, "rec": tf.reduce_mean(rec),
-                **{f"rec/{k}": tf.reduce_mean(v) for k, v in recs.items()},
-                "rew": tf.reduce_mean(rew),
-                "con": tf.reduce_mean(con), "dyn": tf.reduce_mean(kl.dyn),
+        loss = tf.reduce_mean(tf.add_n([self.loss_scale(head) * terms[head.loss_name]
+                                        for head in self.heads])) + kl.loss
+        logs = {"loss": loss, **{k: tf.reduce_mean(v) for k, v in terms.items()},
+                "dyn": tf.reduce_mean(kl.dyn),
                 "rep": tf.reduce_mean(kl.rep), "kl": tf.reduce_mean(kl.kl),
                 "prior_ent": tf.reduce_mean(categorical_entropy(prior)),
                 "post_ent": tf.reduce_mean(categorical_entropy(post))}
@@ -454,10 +457,12 @@ class WorldModel(keras.Model):
         last = type(states)(states.h[:, -1], states.z[:, -1])
         imagined, _ = self.rssm.imagine(last, action[:, context:context + horizon],
                                         sample=False)
-        dream, seen = self._heads(imagined), self._heads(states)
-        out = {k: dream[k] for k in ("reward", "continue_prob")}
-        for key in self.config.obs_keys:
-            out[key], out[f"context_{key}"] = dream[key], seen[key]
+        out: dict[str, tf.Tensor] = {}
+        for head in self.heads:
+            out.update(head.predictions(head.outputs(imagined.h, imagined.z)))
+            if isinstance(head, ObservationHead):  # and what the context looked like
+                seen = head.predictions(head.outputs(states.h, states.z))
+                out.update({f"context_{k}": v for k, v in seen.items()})
         return out
 
     def get_config(self) -> dict[str, Any]:
@@ -473,9 +478,7 @@ def decode_observation(config: RssmConfig, recon: dict[str, tf.Tensor]
                        ) -> dict[str, tf.Tensor]:
     """The decoder's outputs (loss space) as observations: a vector key through
     ``symexp`` (raw space), an image key as floats in [0, 1]."""
-    images = config.image_keys
-    return {k: tf.clip_by_value(v + 0.5, 0.0, 1.0) if k in images else symexp(v)
-            for k, v in recon.items()}
+    return {k: config.space[k].decode(v) for k, v in recon.items()}
 
 
 def reconstruction_losses(config: RssmConfig, recon: dict[str, tf.Tensor],
@@ -483,14 +486,7 @@ def reconstruction_losses(config: RssmConfig, recon: dict[str, tf.Tensor],
     """Each key's reconstruction term per step [...]: the summed squared error of
     ``symlog(x)`` for a vector key, of ``x / 255 - 0.5`` over pixels and channels for
     an image key."""
-    out = {}
-    for key in config.obs_keys:
-        if key in config.image_keys:
-            out[key] = tf.reduce_sum(tf.square(recon[key] - image_to_float(batch[key])),
-                                     [-3, -2, -1])
-        else:
-            out[key] = tf.reduce_sum(tf.square(recon[key] - symlog(batch[key])), -1)
-    return out
+    return {k: space.loss(recon[k], batch[k]) for k, space in config.space.items()}
 
 
 def evaluate_open_loop(model: WorldModel, episodes: list[dict[str, np.ndarray]],
@@ -513,10 +509,13 @@ def evaluate_open_loop(model: WorldModel, episodes: list[dict[str, np.ndarray]],
                for s in range(0, len(ep["action"]) - span + 1, span)]
     if not windows:
         raise ValueError(f"no episode has context + horizon = {span} steps")
-    scale = {k: 1.0 / 255.0 if k in model.config.image_keys else 1.0 for k in keys}
+    space = model.config.space
+
+    def unit(key: str, raw: np.ndarray) -> np.ndarray:
+        return space[key].to_unit(raw) if key in space else raw.astype("float64")
+
     targets = model.config.obs_keys + ("reward",)
-    means = {k: np.concatenate([ep[k] for ep in episodes]).astype("float64").mean(0)
-             * scale[k] for k in targets}
+    means = {k: unit(k, np.concatenate([ep[k] for ep in episodes])).mean(0) for k in targets}
     errors: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
@@ -526,7 +525,7 @@ def evaluate_open_loop(model: WorldModel, episodes: list[dict[str, np.ndarray]],
         obs = {k: b[k] for k in model.config.obs_keys}
         pred = model.open_loop(obs, b["action"], b["is_first"], context, horizon)
         for key in targets:
-            true = b[key][:, context:].astype("float64") * scale[key]
+            true = unit(key, b[key][:, context:])
             axes = tuple(range(2, true.ndim))
             errors.setdefault(f"{key}_mse", []).append(
                 ((pred[key].numpy() - true) ** 2).mean(axes))

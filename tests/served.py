@@ -91,7 +91,7 @@ def cases_for(model, seed: int = 0, batch: int = 3, rollout: int = 5, horizon: i
     c = model.config
     dims = {k: getattr(c, k) for k in ("deterministic_size", "n_categories", "n_classes",
                                        "action_dim")}
-    dims["obs_space"] = c.obs_shapes
+    dims["obs_space"] = c.space.manifest()
     if getattr(model, "actor", None) is not None:
         dims["actor"] = "discrete" if model.behavior.discrete else "continuous"
     return make_cases(dims, batch, rollout, horizon, seed)
@@ -152,7 +152,7 @@ def manifest_cases(manifest: dict, seed: int = 0) -> dict:
     """Parity cases for every signature of an export, sized from its manifest."""
     c = manifest["config"]
     dims = {k: c[k] for k in ("deterministic_size", "n_categories", "n_classes", "action_dim")}
-    dims["obs_space"] = {k: tuple(v["shape"]) for k, v in manifest["obs_space"].items()}
+    dims["obs_space"] = manifest["obs_space"]
     if manifest.get("actor"):
         dims["actor"] = "discrete" if manifest["actor"]["discrete"] else "continuous"
     return make_cases(dims, batch=3, rollout=2, horizon=4, seed=seed)

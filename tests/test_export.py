@@ -231,7 +231,8 @@ def test_rollouts_equal_between_savedmodel_and_onnx_runtime(exported):
         return {k: v.numpy() for k, v in result.items()}
 
     cases = make_cases(dict(deterministic_size=32, n_categories=4, n_classes=4,
-                            obs_space={"obs": (4,)}, action_dim=2),
+                            obs_space={"obs": {"shape": [4], "dtype": "float32"}},
+                            action_dim=2),
                        batch=3, rollout=10, horizon=15, seed=9)
     ort_call = onnx_call(out / "onnx")
     for name in ("rollout_obs_step_noise", "imagine_noise", "imagine_mode"):

@@ -13,6 +13,7 @@ from rssm_tf import Mlp, ObsDecoder, ObsEncoder, RssmConfig, WorldModel, make_da
 from rssm_tf.data import EpisodeStore, config_for_episode, save_episode, validate_episode
 from rssm_tf.math import symlog
 from rssm_tf.replay import Replay
+from rssm_tf.spaces import ObsSpace, kind_of, stored_dtype
 from rssm_tf.world_model import evaluate_open_loop, reconstruction_losses
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -35,6 +36,48 @@ def multi_episode(length: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------- config
+def test_the_space_object_answers_kind_dtype_names_and_specs_for_every_key():
+    space = CONFIG.space
+    assert list(space) == ["camera", "depth", "joints", "velocity"]
+    assert [space[k].kind for k in space] == ["image", "image", "vector", "vector"]
+    assert [space[k].dtype for k in space] == ["uint8", "uint8", "float32", "float32"]
+    assert space["joints"].loss_name == "rec/joints"
+    np.testing.assert_allclose(space["camera"].to_unit(np.array([0, 51, 255], np.uint8)),
+                               [0.0, 0.2, 1.0])
+    assert space.of_kind("image") == CONFIG.image_keys == ("camera", "depth")
+    spec = space.specs([None, 5], named=True)["depth"]
+    assert spec.shape.as_list() == [None, 5, 16, 16, 1] and spec.dtype == tf.uint8
+    assert spec.name == "depth"
+    assert space.manifest()["velocity"] == {"shape": [2], "dtype": "float32"}
+    assert (kind_of((4,)), kind_of((8, 8, 3)), kind_of((2, 2)), kind_of(())) == \
+        ("vector", "image", None, None)
+    assert [stored_dtype(s) for s in ((4,), (8, 8, 3), (), (2,))] == \
+        ["float32", "uint8", "float32", "float32"]
+    with pytest.raises(ValueError, match="'grid'.*neither a vector"):
+        ObsSpace({"grid": (4, 4)})
+
+
+def test_each_kind_encodes_decodes_and_scores_by_hand():
+    vector, image = CONFIG.space["velocity"], CONFIG.space["depth"]
+    x = np.array([[3.0, -1.0]], "f")
+    np.testing.assert_allclose(vector.encode(x).numpy(), [[np.log(4.0), -np.log(2.0)]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(vector.decode(tf.constant([[np.log(4.0)]], "float32")).numpy(),
+                               [[3.0]], rtol=1e-6)
+    # squared error in symlog space, summed over the vector: (0 - log 4)^2 + (1 + log 2)^2
+    want = np.log(4.0) ** 2 + (1 + np.log(2.0)) ** 2
+    np.testing.assert_allclose(vector.loss(tf.constant([[0.0, 1.0]]), x).numpy(), [want],
+                               rtol=1e-6)
+    pixels = np.zeros((1, 16, 16, 1), np.uint8)
+    pixels[0, 0, 0, 0] = 255  # one white pixel: target +0.5 there, -0.5 elsewhere
+    # predicting 0 everywhere: 256 pixels at squared error 0.25
+    np.testing.assert_allclose(image.loss(tf.zeros((1, 16, 16, 1)), pixels).numpy(), [64.0])
+    np.testing.assert_allclose(image.decode(tf.constant([-0.7, 0.0, 0.6])).numpy(),
+                               [0.0, 0.5, 1.0])
+    with pytest.raises(TypeError, match="depth must be uint8"):
+        image.convert(pixels.astype("float32"))
+
+
 def test_space_resolves_keys_kinds_and_sizes():
     c = CONFIG
     assert c.obs_keys == ("camera", "depth", "joints", "velocity")  # sorted

@@ -11,7 +11,10 @@ import tensorflow as tf
 from sine import as_dataset, sine_batches
 
 from rssm_tf import RssmConfig, make_dataset
+from rssm_tf import symexp as rssm_symexp
+from rssm_tf import symlog as rssm_symlog
 from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard, NonFiniteMetricError
+from rssm_tf.losses import kl_balanced_loss
 from rssm_tf.saving import ModelFileError, load_world_model, save_world_model
 from rssm_tf.world_model import METRIC_NAMES, WorldModel, evaluate_open_loop
 
@@ -56,6 +59,45 @@ def test_initial_reward_loss_is_log_bins():
     # the zero-initialised reward head gives uniform logits: loss = log(255)
     np.testing.assert_allclose(logs["rew"].numpy(), np.log(255.0), rtol=1e-6)
     assert logs["dyn"].numpy() >= 1.0 and logs["rep"].numpy() >= 1.0  # free nats
+
+
+def test_the_heads_give_every_prediction_and_the_weighted_loss():
+    """The world model's heads (rssm_tf/predictions.py): what each serves, the loss as
+    the scaled sum of their terms (rec, rew, con) plus the KL, recomputed here from the
+    raw outputs with TensorFlow's own losses."""
+    from rssm_tf.predictions import ContinueHead, ObservationHead, RewardHead, read_heads
+
+    model = WorldModel(CONFIG, rec_scale=2.0, rew_scale=3.0, con_scale=0.5)
+    assert [type(head) for head in model.heads] == [ObservationHead, RewardHead, ContinueHead]
+    assert [head.signature for head in model.heads] == ["decode", "predict", "predict"]
+    assert model.metric_names[:5] == ("loss", "rec", "rec/obs", "rew", "con")
+    assert {id(v) for v in model.heads[1].variables} == \
+        {id(v) for v in model.rssm.reward_head.variables}
+    batch = model.validate_batch(sine_batches(1, b=2, t=6)[0])
+    # trained a little, so no head is at its initial (zero or uniform) output
+    model.compile(jit_compile=False)
+    model.fit(as_dataset(sine_batches(3, b=2, t=6)), epochs=1, verbose=0)
+    loss, logs = model.compute_losses(batch)
+    states, post, prior = model.rssm.observe(batch["obs"], batch["action"], batch["is_first"],
+                                             sample=False)
+    out = read_heads(model.heads, states.h, states.z)
+    rec = tf.reduce_sum(tf.square(out["recon"]["obs"] - rssm_symlog(batch["obs"])), -1)
+    np.testing.assert_allclose(out["obs"], rssm_symexp(out["recon"]["obs"]), rtol=1e-6)
+    probs = tf.nn.softmax(out["reward_logits"])
+    np.testing.assert_allclose(out["reward"], rssm_symexp(tf.reduce_sum(
+        probs * model.twohot.bins, -1)), rtol=1e-5, atol=1e-6)
+    con = keras.losses.binary_crossentropy(1.0 - batch["is_terminal"][..., None],
+                                           out["continue_logits"][..., None], from_logits=True)
+    rew = model.twohot.loss(out["reward_logits"], batch["reward"])
+    kl = logs["loss"] - tf.reduce_mean(2.0 * rec + 3.0 * rew + 0.5 * con)
+    np.testing.assert_allclose(kl, kl_balanced_loss(post, prior, model.kl).loss, rtol=1e-4)
+    np.testing.assert_allclose(logs["con"], tf.reduce_mean(con), rtol=1e-5)
+    np.testing.assert_allclose(logs["rec"], tf.reduce_mean(rec), rtol=1e-5)
+    served = model.rssm.predict(states.h, states.z)
+    assert list(served) == ["reward", "reward_logits", "continue_prob", "continue_logits"]
+    np.testing.assert_allclose(served["continue_prob"], tf.sigmoid(out["continue_logits"]))
+    np.testing.assert_allclose(model.rssm.predict_continue(states.h, states.z)[..., 0],
+                               out["continue_logits"])
 
 
 def test_fit_with_defaults_logs_every_metric_and_learns():

@@ -1,0 +1,170 @@
+"""What the world model predicts: one :class:`Head` per predicted quantity
+(docs/design.md section 4, "Heads").
+
+A head owns everything about its quantity, so the world model, its export and its
+client loop over heads instead of naming them:
+
+- ``layers``: the networks it reads (their variables are what an export tracks);
+- ``outputs(h, z)``: its raw outputs on states [..., D], [..., S*K] (logits, or the
+  observation keys in their loss space), and :meth:`Head.predictions`, the decoded
+  values a user reads;
+- ``losses(raw, batch)``: its per-step loss terms [...], the first named ``loss_name``
+  (the term the world model weighs and sums), any others its logged parts;
+- ``signature``: the exported signature that serves its predictions (``"predict"``
+  or ``"decode"``).
+
+The heads of a :class:`~rssm_tf.WorldModel` are its :class:`ObservationHead` (the
+decoder; one loss term per key, ``rec/<key>``, by the rules of
+:mod:`rssm_tf.spaces`), then the RSSM's :class:`RewardHead` and :class:`ContinueHead`.
+The layers stay where the model's saved files have them (the decoder in the world
+model, the reward and continue MLPs in the RSSM); a head only refers to them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from rssm_tf.losses import TwohotEncoder
+from rssm_tf.spaces import ObsSpace
+
+
+class Head:
+    """The protocol (see the module docstring); subclasses fill it in."""
+
+    #: the world model's name for this head's loss term (its scale: ``<loss_name>_scale``)
+    loss_name: str = ""
+    #: the exported signature that serves :meth:`predictions`
+    signature: str = "predict"
+
+    @property
+    def layers(self) -> tuple[keras.layers.Layer, ...]:
+        raise NotImplementedError
+
+    @property
+    def variables(self) -> list:
+        return [v for layer in self.layers for v in layer.variables]
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The names of :meth:`losses`' terms, in order (``loss_name`` first)."""
+        return (self.loss_name,)
+
+    def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        """The decoded values of ``raw`` (what :meth:`outputs` gave) a user reads."""
+        raise NotImplementedError
+
+    def served(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        """The outputs of this head in its exported ``signature``."""
+        return self.predictions(raw)
+
+    def losses(self, raw: dict[str, Any], batch: dict[str, tf.Tensor]
+               ) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+
+class ObservationHead(Head):
+    """The decoder: every observation key, ``recon`` (a dict, each key in its loss
+    space) raw and decoded back (:meth:`rssm_tf.spaces.ObsKey.decode`); losses
+    ``rec`` (summed over keys) and ``rec/<key>``."""
+
+    loss_name = "rec"
+    signature = "decode"
+
+    def __init__(self, decoder: keras.layers.Layer, space: ObsSpace) -> None:
+        self.decoder, self.space = decoder, space
+
+    @property
+    def layers(self) -> tuple[keras.layers.Layer, ...]:
+        return (self.decoder,)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return (self.loss_name,) + tuple(key.loss_name for key in self.space.values())
+
+    def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
+        return {"recon": self.decoder(tf.concat([h, z], -1))}
+
+    def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        return {k: self.space[k].decode(v) for k, v in raw["recon"].items()}
+
+    def losses(self, raw: dict[str, Any], batch: dict[str, tf.Tensor]
+               ) -> dict[str, tf.Tensor]:
+        terms = {key.loss_name: key.loss(raw["recon"][k], batch[k])
+                 for k, key in self.space.items()}
+        return {self.loss_name: tf.add_n(list(terms.values())), **terms}
+
+
+class RewardHead(Head):
+    """The reward: ``reward_logits`` [..., bins] over ``twohot``'s bins and ``reward``
+    [...], their expectation; loss ``rew``, the twohot cross-entropy of the batch's
+    ``reward``."""
+
+    loss_name = "rew"
+
+    def __init__(self, mlp: keras.layers.Layer, twohot: TwohotEncoder,
+                 feat: Any) -> None:
+        self.mlp, self.twohot, self._feat = mlp, twohot, feat
+
+    @property
+    def layers(self) -> tuple[keras.layers.Layer, ...]:
+        return (self.mlp,)
+
+    def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
+        return {"reward_logits": tf.cast(self.mlp(self._feat(h, z)), "float32")}
+
+    def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        return {"reward": self.twohot.decode(raw["reward_logits"])}
+
+    def served(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        return {**self.predictions(raw), **raw}
+
+    def losses(self, raw: dict[str, Any], batch: dict[str, tf.Tensor]
+               ) -> dict[str, tf.Tensor]:
+        return {self.loss_name: self.twohot.loss(raw["reward_logits"], batch["reward"])}
+
+
+class ContinueHead(Head):
+    """Whether the episode goes on: ``continue_logits`` [...] (one Bernoulli logit)
+    and ``continue_prob``; loss ``con``, the cross-entropy against ``1 - is_terminal``."""
+
+    loss_name = "con"
+
+    def __init__(self, mlp: keras.layers.Layer, feat: Any) -> None:
+        self.mlp, self._feat = mlp, feat
+
+    @property
+    def layers(self) -> tuple[keras.layers.Layer, ...]:
+        return (self.mlp,)
+
+    def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
+        return {"continue_logits": tf.cast(self.mlp(self._feat(h, z)), "float32")[..., 0]}
+
+    def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        return {"continue_prob": tf.sigmoid(raw["continue_logits"])}
+
+    def served(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        return {**self.predictions(raw), **raw}
+
+    def losses(self, raw: dict[str, Any], batch: dict[str, tf.Tensor]
+               ) -> dict[str, tf.Tensor]:
+        return {self.loss_name: tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=1.0 - batch["is_terminal"], logits=raw["continue_logits"])}
+
+
+def read_heads(heads: tuple[Head, ...], h: tf.Tensor, z: tf.Tensor,
+               signature: str | None = None) -> dict[str, Any]:
+    """Every head's raw outputs and predictions on ``h``, ``z`` (or, with
+    ``signature``, only what the heads of that signature serve)."""
+    out: dict[str, Any] = {}
+    for head in heads:
+        if signature is not None and head.signature != signature:
+            continue
+        raw = head.outputs(h, z)
+        out.update(head.served(raw) if signature else {**raw, **head.predictions(raw)})
+    return out
