@@ -27,7 +27,8 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
 
     ``dims``: ``deterministic_size``, ``n_categories``, ``n_classes``, ``action_dim``
     and ``obs_space`` as the manifest describes it (``{key: {"shape": per-step shape,
-    "dtype": "float32" or "uint8"}}``, ``ObsSpace.manifest()``); with ``actor``
+    "dtype": "float32", "uint8" or "int32"}}`` with ``"classes"`` for int32,
+    ``ObsSpace.manifest()``); with ``actor``
     ("discrete" or "continuous", a Dreamer's export) also the ``act_*`` cases.
     """
     rng = np.random.default_rng(seed)
@@ -42,9 +43,16 @@ def make_cases(dims: dict[str, int], batch: int = 4, rollout: int = 8, horizon: 
     action = f32(rng.uniform(-1, 1, (batch, a)))
 
     def observation(*lead: int) -> dict[str, np.ndarray]:
-        return {key: rng.integers(0, 256, (*lead, *desc["shape"])).astype(np.uint8)
-                if desc["dtype"] == "uint8" else f32(rng.normal(size=(*lead, *desc["shape"])))
-                for key, desc in space.items()}
+        out = {}
+        for key, desc in space.items():
+            shape = (*lead, *desc["shape"])
+            if desc["dtype"] == "uint8":  # pixels
+                out[key] = rng.integers(0, 256, shape).astype(np.uint8)
+            elif desc["dtype"] == "int32":  # class indices
+                out[key] = rng.integers(0, desc["classes"], shape).astype(np.int32)
+            else:
+                out[key] = f32(rng.normal(size=shape))
+        return out
 
     obs = observation(batch)
     noise = f32(rng.uniform(0.001, 0.999, (batch, s, k)))

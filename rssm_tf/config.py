@@ -56,7 +56,8 @@ class RssmConfig:
 
     Observations (DreamerV3's ``obs_space``): ``obs_space={"joints": (7,), "camera":
     (64, 64, 3)}`` names every observation key and its per-step shape: rank 1 is a
-    float vector, rank 3 a uint8 image [H, W, C] (all image keys the same H and W).
+    float vector, rank 3 a uint8 image [H, W, C] (all image keys the same H and W);
+    ``{"shape": (O,), "classes": N}`` a categorical key of O class indices in [0, N).
     ``obs_dim=O`` and ``image_shape=(H, W, C)`` are the short forms of one vector key
     ``"obs"`` and one image key ``"image"``; give either the short forms or
     ``obs_space``. :attr:`obs_shapes` is the resolved space either way, :attr:`space`
@@ -85,7 +86,7 @@ class RssmConfig:
     cnn_depth: int = 32
     cnn_kernel: int = 4
     cnn_minres: int = 4
-    obs_space: dict[str, tuple[int, ...]] | None = None
+    obs_space: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.action_dim is None:
@@ -135,14 +136,27 @@ class RssmConfig:
                 raise ValueError(f"obs_space key {key!r} is a name the model already uses "
                                  f"for another input or output; reserved: "
                                  f"{sorted(RESERVED_KEYS)}")
+            classes = 0
+            if isinstance(shape, dict):  # a categorical key
+                classes = shape.get("classes")
+                if set(shape) - {"shape", "classes"} or isinstance(classes, bool) \
+                        or not isinstance(classes, int) or classes < 2:
+                    raise ValueError(
+                        f"obs_space[{key!r}] as a dict is a categorical key, "
+                        f"{{'shape': (size,), 'classes': N}} with an integer N >= 2; got "
+                        f"{shape!r}")
+                shape = shape.get("shape")
             if isinstance(shape, int) and not isinstance(shape, bool):
                 shape = (shape,)
-            if not _is_shape(shape, tuple(RANKS.values())):
+            if not _is_shape(shape, (1,) if classes else tuple(RANKS.values())):
                 raise ValueError(
                     f"obs_space[{key!r}] must be (size,) for a vector or (height, width, "
-                    f"channels) for an image, of positive integers; got {shape!r}")
-            resolved[key] = tuple(shape)
-        sides = {k: s[:2] for k, s in resolved.items() if kind_of(s) == IMAGE}
+                    f"channels) for an image, of positive integers (a categorical key: "
+                    f"{{'shape': (size,), 'classes': N}}); got {shape!r}")
+            resolved[key] = {"shape": tuple(shape), "classes": classes} if classes \
+                else tuple(shape)
+        sides = {k: s[:2] for k, s in resolved.items()
+                 if not isinstance(s, dict) and kind_of(s) == IMAGE}
         if len(set(sides.values())) > 1:
             raise ValueError(f"obs_space image keys must share height and width (their "
                              f"channels are stacked for one CNN); got {sides}")
@@ -188,8 +202,9 @@ class RssmConfig:
         """A config for ``obs_space``, written with the short forms when the space is
         one ``"obs"`` vector and/or one ``"image"`` image (so it equals
         ``RssmConfig(obs_dim, action_dim, image_shape=...)``)."""
-        shapes = {k: tuple(v) for k, v in obs_space.items()}
+        shapes = {k: v if isinstance(v, dict) else tuple(v) for k, v in obs_space.items()}
         short = set(shapes) <= {VECTOR_KEY, IMAGE_KEY} \
+            and not any(isinstance(v, dict) for v in shapes.values()) \
             and kind_of(shapes.get(VECTOR_KEY, (0,))) == VECTOR \
             and kind_of(shapes.get(IMAGE_KEY, (0,) * 3)) == IMAGE
         if short:
@@ -202,7 +217,8 @@ class RssmConfig:
         """The observation space, short forms resolved: ``{key: per-step shape}`` in
         :attr:`obs_keys` order."""
         if self.obs_space is not None:
-            return dict(self.obs_space)
+            return {k: v["shape"] if isinstance(v, dict) else v
+                    for k, v in self.obs_space.items()}
         shapes: dict[str, tuple[int, ...]] = {}
         if self.obs_dim:
             shapes[VECTOR_KEY] = (self.obs_dim,)
@@ -214,7 +230,9 @@ class RssmConfig:
     def space(self) -> ObsSpace:
         """The observation space (:class:`~rssm_tf.spaces.ObsSpace`): what each key
         is, its dtype, loss space, loss term and names."""
-        return ObsSpace(self.obs_shapes)
+        classes = {k: v["classes"] for k, v in (self.obs_space or {}).items()
+                   if isinstance(v, dict)}
+        return ObsSpace(self.obs_shapes, classes)
 
     @property
     def vector_keys(self) -> tuple[str, ...]:
@@ -228,8 +246,9 @@ class RssmConfig:
 
     @property
     def vector_size(self) -> int:
-        """The summed width of the vector keys (the vector encoder's input)."""
-        return sum(self.obs_shapes[k][0] for k in self.vector_keys)
+        """The vector encoder's input width: the vector keys and the categorical keys
+        one-hot (:attr:`rssm_tf.spaces.ObsSpace.mlp_width`)."""
+        return self.space.mlp_width
 
     @property
     def image_grid(self) -> tuple[int, int, int] | None:
@@ -275,7 +294,9 @@ class RssmConfig:
         if self.obs_space is None:
             del values["obs_space"]  # configs without it read as before
         else:
-            values["obs_space"] = {k: list(v) for k, v in self.obs_space.items()}
+            values["obs_space"] = {k: {"shape": list(v["shape"]), "classes": v["classes"]}
+                                   if isinstance(v, dict) else list(v)
+                                   for k, v in self.obs_space.items()}
         return values
 
     @classmethod

@@ -20,7 +20,7 @@ import tensorflow as tf
 from rssm_tf.config import RssmConfig
 from rssm_tf.layers import Mlp, activation_fn, make_norm, norm_act
 from rssm_tf.math import symlog
-from rssm_tf.spaces import image_to_float
+from rssm_tf.spaces import CATEGORICAL, image_to_float
 
 
 def cnn_grid(image_shape: tuple[int, ...], depth: int, stages: int) -> tuple[int, int, int]:
@@ -150,16 +150,31 @@ class ImageDecoder(keras.layers.Layer):
 class VectorEncoder(Mlp):
     """``embed = MLP(symlog(obs))``: obs [..., O] -> embed [..., units].
 
-    ``layers`` hidden ``NormDense`` layers of ``units`` (DreamerV3: 3 of H)."""
+    ``layers`` hidden ``NormDense`` layers of ``units`` (DreamerV3: 3 of H). The last
+    ``onehot`` inputs (the categorical keys, one-hot) go in as they are, unsquashed,
+    as DreamerV3 concatenates them."""
+
+    def __init__(self, *args: Any, onehot: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.onehot = int(onehot)
 
     def call(self, obs: tf.Tensor) -> tf.Tensor:
-        return super().call(symlog(tf.cast(obs, self.compute_dtype)))
+        x = tf.cast(obs, self.compute_dtype)
+        if self.onehot:
+            x = tf.concat([symlog(x[..., :-self.onehot]), x[..., -self.onehot:]], -1)
+        else:
+            x = symlog(x)
+        return super().call(x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "onehot": self.onehot}
 
 
 @keras.saving.register_keras_serializable(package="rssm_tf")
 class ObsEncoder(keras.layers.Layer):
     """The encoder of ``config``'s observation space: ``vector`` (``encoder_layers``
-    of H on the symlog of the vector keys, concatenated) and ``image``
+    of H on the symlog of the vector keys and the one-hot categorical keys,
+    concatenated) and ``image``
     (:class:`ImageEncoder` on the image keys stacked on channels), embeddings
     concatenated. Input: a dict with ``config.obs_keys`` -> embed [..., ``embed_size``].
     """
@@ -168,10 +183,13 @@ class ObsEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         c = self.config = RssmConfig.from_dict(config)
         self.vector = self.image = None
-        if c.vector_keys:  # on the keys in their loss space (ObsKey.encode)
-            self.vector = Mlp(c.encoder_layers, c.hidden_size, norm=c.norm,
-                              norm_eps=c.norm_eps, activation=c.activation, name="vector",
-                              dtype=self.dtype_policy)
+        space = c.space
+        if space.mlp_keys:  # the vector keys, then the categorical keys one-hot
+            onehot = sum(space[k].width for k in space.of_kind(CATEGORICAL))
+            self.vector = VectorEncoder(c.encoder_layers, c.hidden_size, norm=c.norm,
+                                        norm_eps=c.norm_eps, activation=c.activation,
+                                        onehot=onehot, name="vector",
+                                        dtype=self.dtype_policy)
         if c.image_keys:
             self.image = ImageEncoder(c.cnn_depth, c.cnn_stages, c.cnn_kernel, c.norm,
                                       c.norm_eps, c.activation, name="image",
@@ -189,8 +207,10 @@ class ObsEncoder(keras.layers.Layer):
     def call(self, obs: dict[str, tf.Tensor]) -> tf.Tensor:
         c, parts = self.config, []
         if self.vector:
-            parts.append(self.vector(_stack([c.space[k].encode(obs[k], self.compute_dtype)
-                                             for k in c.vector_keys])))
+            parts.append(self.vector(_stack(
+                [tf.cast(obs[k], self.compute_dtype) for k in c.vector_keys]
+                + [c.space[k].encode(obs[k], self.compute_dtype)
+                   for k in c.space.of_kind(CATEGORICAL)])))
         if self.image:
             parts.append(self.image(_stack([obs[k] for k in c.image_keys])))
         return parts[0] if len(parts) == 1 else tf.concat(parts, -1)
@@ -208,15 +228,16 @@ def _stack(parts: list[tf.Tensor]) -> tf.Tensor:
 class ObsDecoder(keras.layers.Layer):
     """The decoder of ``config``'s observation space: feat [..., D + S*K] -> a dict
     with every key of ``config.obs_keys``, float32: a vector key [..., O_k] as the
-    predicted ``symlog`` (one MLP of ``decoder_layers`` x H for all vector keys), an
-    image key [..., H, W, C_k] as the predicted ``image / 255 - 0.5`` (one
-    :class:`ImageDecoder` for all image keys' channels)."""
+    predicted ``symlog``, a categorical key as logits [..., O_k, N_k] (one MLP of
+    ``decoder_layers`` x H for these keys), an image key [..., H, W, C_k] as the
+    predicted ``image / 255 - 0.5`` (one :class:`ImageDecoder` for all image keys'
+    channels)."""
 
     def __init__(self, config: RssmConfig | dict, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         c = self.config = RssmConfig.from_dict(config)
         self.vector = self.image = None
-        if c.vector_keys:
+        if c.space.mlp_keys:
             self.vector = Mlp(c.decoder_layers, c.hidden_size, out_dim=c.vector_size,
                               norm=c.norm, norm_eps=c.norm_eps,
                               activation=c.activation, name="vector",
@@ -236,7 +257,7 @@ class ObsDecoder(keras.layers.Layer):
     def call(self, feat: tf.Tensor) -> dict[str, tf.Tensor]:
         c, out = self.config, {}
         if self.vector:
-            out.update(_split(tf.cast(self.vector(feat), "float32"), c, c.vector_keys))
+            out.update(_split(tf.cast(self.vector(feat), "float32"), c, c.space.mlp_keys))
         if self.image:
             out.update(_split(self.image(feat), c, c.image_keys))
         return out
@@ -247,11 +268,11 @@ class ObsDecoder(keras.layers.Layer):
 
 def _split(x: tf.Tensor, config: RssmConfig, keys: tuple[str, ...]
            ) -> dict[str, tf.Tensor]:
-    """The last axis of ``x`` split back into ``keys`` (their last sizes)."""
-    if len(keys) == 1:
-        return {keys[0]: x}
-    sizes = [config.space[k].shape[-1] for k in keys]
-    return dict(zip(keys, tf.split(x, sizes, axis=-1)))
+    """The last axis of ``x`` split back into ``keys`` (their widths), each in its
+    loss space's shape (:meth:`rssm_tf.spaces.ObsKey.from_flat`)."""
+    space = config.space
+    parts = [x] if len(keys) == 1 else tf.split(x, [space[k].width for k in keys], axis=-1)
+    return {k: space[k].from_flat(part) for k, part in zip(keys, parts)}
 
 
 def make_reward_head(config: RssmConfig, bins: int, **kwargs: Any) -> Mlp:

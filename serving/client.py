@@ -101,7 +101,8 @@ class WorldModelClient:
         self.deter, self.classes = c["deterministic_size"], c["n_classes"]
         self.groups, self.action_dim = c["n_categories"], c["action_dim"]
         #: the observation inputs of obs_step, ``{key: (per-step shape, dtype)}``: float32
-        #: vectors and uint8 images, read off the signature (as a server describes it)
+        #: vectors, uint8 images and int32 class indices, read off the signature (as a
+        #: server describes it)
         inputs = self.manifest["signatures"]["obs_step"]["inputs"]
         self.obs_space = {k: (tuple(v["shape"][1:]), v["dtype"])
                           for k, v in sorted(inputs.items()) if k not in STATE_INPUTS}
@@ -165,11 +166,19 @@ class WorldModelClient:
     def random_observation(self, rng: np.random.Generator, *lead: int
                            ) -> dict[str, np.ndarray]:
         """Random inputs for every observation key, [*lead, *shape] each: uint8 pixels
-        for an image key, standard normal float32 for a vector key (for smoke runs and
-        benchmarks)."""
-        return {k: rng.integers(0, 256, (*lead, *shape), dtype=np.uint8) if dtype == "uint8"
-                else rng.normal(size=(*lead, *shape)).astype(np.float32)
-                for k, (shape, dtype) in self.obs_space.items()}
+        for an image key, class indices for a categorical key, standard normal float32
+        for a vector key (for smoke runs and benchmarks)."""
+        out = {}
+        for k, (shape, dtype) in self.obs_space.items():
+            size = (*lead, *shape)
+            if dtype == "uint8":
+                out[k] = rng.integers(0, 256, size, dtype=np.uint8)
+            elif dtype == "int32":
+                classes = self.manifest["obs_space"][k]["classes"]
+                out[k] = rng.integers(0, classes, size, dtype=np.int32)
+            else:
+                out[k] = rng.normal(size=size).astype(np.float32)
+        return out
 
     def reset(self, batch_size: int = 1) -> None:
         """Starts every sequence afresh: ``h`` and ``z`` zeros (the initial state).
@@ -237,7 +246,8 @@ class WorldModelClient:
 
         ``action`` [B, A] (the action that led to ``obs``); ``obs``: a dict with the
         model's observation keys (``obs_space``: [B, O_k] floats for a vector key,
-        [B, H, W, C_k] uint8 pixels for an image key), or one array for a one-key model.
+        [B, H, W, C_k] uint8 pixels for an image key, [B, O_k] class indices for a
+        categorical key), or one array for a one-key model.
         Returns ``post_logits``, ``prior_logits`` [B, S, K] and the new ``h``, ``z``.
         """
         self._require_state()
@@ -404,6 +414,9 @@ class WorldModelClient:
                              f"unknown {unknown}")
         out = {}
         for key, (shape, dtype) in self.obs_space.items():
+            if dtype == "int32":
+                out[key] = self._classes(key, obs[key], [b, *shape])
+                continue
             if dtype != "uint8":
                 out[key] = self._array(key, obs[key], [b, *shape])
                 continue
@@ -416,6 +429,22 @@ class WorldModelClient:
                 raise ValueError(f"{key} must have shape {want}, got {list(image.shape)}")
             out[key] = np.ascontiguousarray(image)
         return out
+
+    def _classes(self, key: str, value: Any, shape: list[int]) -> np.ndarray:
+        """A categorical key's class indices as int32 (integers, or floats holding
+        integers), each in [0, classes) as the manifest describes the key."""
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu" or not np.all(array == np.round(array)):
+            raise DtypeError(f"{key} must be class indices (integers), got dtype "
+                             f"{array.dtype}")
+        if list(array.shape) != shape:
+            raise ValueError(f"{key} must have shape {shape}, got {list(array.shape)}")
+        classes = self.manifest.get("obs_space", {}).get(key, {}).get("classes")
+        if classes is not None and array.size and (array.min() < 0
+                                                   or array.max() >= classes):
+            raise ValueError(f"{key} must hold class indices in [0, {classes}), got "
+                             f"values from {array.min()} to {array.max()}")
+        return np.ascontiguousarray(array.astype(np.int32))
 
     def _require_state(self) -> None:
         if self.h is None:

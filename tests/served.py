@@ -38,9 +38,12 @@ def keras_call(model):
         kind = {"sample": False, "noise": t.get("noise")}
         if name == "predict":
             out = rssm.predict(t["h"], t["z"])
-        elif name == "decode":  # design section 6: vectors back through symexp, images in [0, 1]
+        elif name == "decode":  # design section 1: vectors back through symexp, images in
+            # [0, 1], categorical keys as class probabilities
             recon = model.decoder(tf.concat([t["h"], t["z"]], -1))
+            space = model.config.space
             out = {k: tf.clip_by_value(v + 0.5, 0.0, 1.0) if k in model.config.image_keys
+                   else tf.nn.softmax(v) if space[k].classes
                    else tf.math.sign(v) * (tf.exp(tf.abs(v)) - 1.0) for k, v in recon.items()}
         elif name.startswith("obs_step"):
             obs = {k: t[k] for k in keys}

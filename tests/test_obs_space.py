@@ -551,3 +551,136 @@ def test_imagination_pictures_per_image_key_and_cli_keys(tmp_path):
                                                              "angle": [2]}
     with pytest.raises(ValueError, match="--vector-keys takes KEY=I"):
         parse_vector_keys(["velocity"])
+
+
+# ------------------------------------------------------- categorical keys (DreamerV3's)
+CELL = RssmConfig(obs_space={"obs": (3,), "cell": {"shape": (2,), "classes": 3}},
+                  action_dim=2, **{k: v for k, v in SMALL.items() if k != "cnn_depth"})
+
+
+def cell_episode(length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``cell`` counts 0, 1, 2, 0, ... from a random phase (its second value runs the
+    other way): predictable from the previous step. Stored as episodes store every
+    non-image array, float32."""
+    rng = np.random.default_rng(seed)
+    phase = rng.integers(0, 3)
+    t = np.arange(length) + phase
+    return {"obs": rng.normal(size=(length, 3)).astype("f"),
+            "cell": np.stack([t % 3, (-t) % 3], -1).astype("f"),
+            "action": rng.uniform(-1, 1, (length, 2)).astype("f"),
+            "reward": rng.normal(size=length).astype("f"),
+            "is_first": np.eye(1, length, dtype="f")[0], "is_terminal": np.zeros(length, "f")}
+
+
+def test_a_categorical_key_by_hand():
+    key = CELL.space["cell"]
+    assert (key.kind, key.dtype, key.width, CELL.vector_size) == ("categorical", "int32", 6, 9)
+    assert CELL.space.mlp_keys == ("obs", "cell") and CELL.vector_keys == ("obs",)
+    assert CELL.space.manifest()["cell"] == {"shape": [2], "dtype": "int32", "classes": 3}
+    assert RssmConfig.from_json(CELL.to_json()) == CELL
+    np.testing.assert_array_equal(key.encode(np.array([[2, 0]])).numpy(),
+                                  [[0, 0, 1, 1, 0, 0]])
+    logits = np.log(np.array([[[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]]], "f"))
+    # -log p(2) - log p(0) for the two values
+    np.testing.assert_allclose(key.loss(tf.constant(logits), np.array([[2.0, 0.0]], "f")),
+                               [-np.log(0.5) - np.log(0.6)], rtol=1e-6)
+    np.testing.assert_allclose(key.decode(tf.constant(logits)), np.exp(logits), rtol=1e-6)
+    np.testing.assert_array_equal(key.to_unit(np.array([1.0, 2.0])), [[0, 1, 0], [0, 0, 1]])
+    assert key.convert(np.array([[1.0, 2.0]], "f")).dtype == tf.int32
+    for bad, words in ((np.array([[1, 3]]), r"cell must hold class indices in \[0, 3\)"),
+                       (np.array([[0.5, 1]]), "cell must hold class indices"),
+                       (np.array([["a", "b"]]), "cell must be class indices")):
+        with pytest.raises((ValueError, TypeError), match=words):
+            key.convert(bad)
+    for space, words in (({"cell": {"shape": (2,), "classes": 1}}, "integer N >= 2"),
+                         ({"cell": {"shape": (2, 2), "classes": 3}}, r"obs_space\['cell'\]"),
+                         ({"cell": {"classes": 3, "low": 0}}, "categorical key")):
+        with pytest.raises(ValueError, match=words):
+            RssmConfig(obs_space=space, action_dim=1)
+
+
+@pytest.fixture(scope="module")
+def cell_export(tmp_path_factory):
+    """A vector + categorical model after a short fit, through .keras and the exporter
+    (ONNX); the tests compare the files with the reloaded Keras model."""
+    from rssm_tf_export.exporter import export_model
+
+    from rssm_tf.saving import save_world_model
+
+    keras.utils.set_random_seed(4)
+    model = WorldModel(CELL, seed=4)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=False)
+    history = model.fit(make_dataset([cell_episode(40, seed=i) for i in range(4)], 4, 10),
+                        epochs=4, steps_per_epoch=25, verbose=0)
+    root = tmp_path_factory.mktemp("cell_export")
+    path = save_world_model(model, root / "model.keras")
+    manifest = export_model(path, root / "out", name="cell", verbose=False, parity=False)
+    return root / "out", manifest, history.history
+
+
+def test_a_categorical_key_trains_and_exports_with_int_inputs(cell_export, tmp_path):
+    """fit lowers the key's cross-entropy below the uniform guess (2 log 3); every
+    signature on TF Serving's session loader and on ONNX Runtime computes what the
+    reloaded Keras model does, the observation going in as int32 class indices."""
+    from rssm_tf_export.runner import run_all
+    from rssm_tf_serving.backends import OnnxBackend
+    from served import cases_for, keras_call, run_in_tf_serving_loader
+
+    from rssm_tf.saving import load_world_model
+
+    out, manifest, history = cell_export
+    # from about the uniform guess's 2 log 3 = 2.2 in the first epoch (1.13 when written)
+    assert history["rec/cell"][0] > 0.9 * 2 * np.log(3) > 0.7 * 2 * np.log(3) \
+        > history["rec/cell"][-1]
+    assert manifest["obs_space"]["cell"] == {"shape": [2], "dtype": "int32", "classes": 3}
+    assert manifest["signatures"]["obs_step"]["inputs"]["cell"]["dtype"] == "int32"
+    model = load_world_model(out.parent / "model.keras", compile=False)
+    cases = cases_for(model, seed=6)
+    assert cases["obs_step_mode"]["inputs"]["cell"].dtype == np.int32
+    reference = run_all(keras_call(model), cases)
+    assert reference["decode"]["cell"].shape == (3, 2, 3)
+    np.testing.assert_allclose(reference["decode"]["cell"].sum(-1), 1.0, rtol=1e-6)
+    got = {"session": run_in_tf_serving_loader(out / "saved_model" / "cell" / "1", cases,
+                                               tmp_path),
+           "onnx": run_all(OnnxBackend(out / "onnx").call, cases)}
+    for what, outputs in got.items():
+        for case in cases:
+            for key, value in reference[case].items():
+                if key.startswith("z_"):
+                    np.testing.assert_array_equal(outputs[case][key], value, err_msg=what)
+                else:
+                    np.testing.assert_allclose(outputs[case][key], value, atol=1e-5,
+                                               rtol=1e-5, err_msg=f"{what} {case} {key}")
+
+
+def test_the_client_sends_class_indices_and_names_bad_ones(cell_export):
+    """ONNX Runtime and the stand-in's REST API (TF Serving's JSON integers) observe the
+    same int steps to the same state; decode gives class probabilities; a class out of
+    range is refused by name before anything is sent."""
+    from rssm_tf_serving.client import WorldModelClient
+    from rssm_tf_serving.standin import StandInServer
+
+    out, _, _ = cell_export
+    steps = [{k: v[t:t + 2] for k, v in cell_episode(4, seed=8).items() if k in ("obs", "cell")}
+             for t in range(2)]
+    steps = [{"obs": s["obs"], "cell": s["cell"].astype(np.int64)} for s in steps]
+    actions = np.zeros((2, 2, 2), np.float32)
+    with StandInServer(out / "saved_model" / "cell", name="cell") as server:
+        clients = {"onnx": WorldModelClient.from_export(out, "onnx"),
+                   "rest": WorldModelClient.from_export(out, "rest", url=server.rest_url)}
+        traces, decoded = {}, {}
+        for name, client in clients.items():
+            client.reset(2)
+            traces[name] = [client.observe(a, o, sample="mode") for a, o in zip(actions, steps)]
+            decoded[name] = client.decode()
+    for a, b in zip(traces["onnx"], traces["rest"]):
+        np.testing.assert_array_equal(a["z"], b["z"])
+        np.testing.assert_allclose(a["h"], b["h"], atol=1e-5)
+    np.testing.assert_allclose(decoded["onnx"]["cell"], decoded["rest"]["cell"], atol=1e-5)
+    np.testing.assert_allclose(decoded["onnx"]["cell"].sum(-1), 1.0, rtol=1e-5)
+    client = clients["onnx"]
+    with pytest.raises(ValueError, match=r"cell must hold class indices in \[0, 3\)"):
+        client.observe(actions[0], {**steps[0], "cell": steps[0]["cell"] + 3})
+    with pytest.raises(TypeError, match="cell must be class indices"):
+        client.observe(actions[0], {**steps[0], "cell": steps[0]["cell"] + 0.5})
+    assert client.random_observation(np.random.default_rng(0), 4)["cell"].max() < 3
