@@ -82,11 +82,12 @@ class InferenceModule(tf.Module):
         # tracks. A tf.Module does not see the tf.Variables inside Keras 3 layers, so
         # they are listed here, as keras.export.ExportArchive.track does; without this
         # only tf.saved_model.load (which follows the functions' captures) works.
-        # (the RSSM's, every head's, and a Dreamer's actor's)
+        # (the RSSM's, and those of every head a signature serves: the decoder, the
+        # reward and continue heads, a Dreamer's actor)
         #: the actor of a :class:`rssm_tf.Dreamer` (``act*`` signatures), else None
         self.actor = getattr(model, "actor", None)
-        variables = model.rssm.variables + [v for head in model.heads for v in head.variables]
-        variables += self.actor.variables if self.actor else []
+        variables = model.rssm.variables + [v for head in model.heads if head.signature
+                                             for v in head.variables]
         unique = {id(v): v for v in variables}  # the RSSM's own heads are in both
         self.tracked_variables = [v.value for v in unique.values()]
         c = model.config

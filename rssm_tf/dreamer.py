@@ -27,7 +27,8 @@ from rssm_tf.behavior import (
 )
 from rssm_tf.config import BehaviorConfig, RssmConfig
 from rssm_tf.latents import uniform_noise
-from rssm_tf.rssm import PosteriorTracker, RssmState, swap_bt
+from rssm_tf.predictions import ActorHead, CriticHead
+from rssm_tf.rssm import PosteriorTracker, RssmState, _Untracked, swap_bt
 from rssm_tf.world_model import WorldModel
 
 #: what the behavior part logs, beside the world model's metrics
@@ -86,11 +87,18 @@ class Dreamer(WorldModel):
                                             name="return_norm")
         self.slow_updates = self.add_weight(name="slow_updates", shape=(), dtype="int64",
                                             initializer="zeros", trainable=False)
+        self._heads = _Untracked((*self.heads, ActorHead(self.actor, self.rssm._feat,
+                                                         self._to_env),
+                                  CriticHead(self.critic, self.rssm._feat)))
         self.metric_names = self.metric_names + BEHAVIOR_METRICS
         self.trackers.update({n: keras.metrics.Mean(name=n) for n in BEHAVIOR_METRICS})
 
     def _world_variables(self) -> list:
-        return self.rssm.trainable_variables + self.decoder.trainable_variables
+        """The RSSM's and the replay heads' variables (not the actor's or critic's)."""
+        variables = self.rssm.trainable_variables + [
+            v for head in self.replay_heads for layer in head.layers
+            for v in layer.trainable_variables]
+        return list({id(v): v for v in variables}.values())
 
     def compile(self, optimizer: keras.optimizers.Optimizer | str | None = None,
                 actor_optimizer: keras.optimizers.Optimizer | None = None,
@@ -163,9 +171,15 @@ class Dreamer(WorldModel):
         ``noise`` (see :meth:`Actor.sample`), or the mode without it. Continuous
         actions come mapped onto [action_low, action_high] (what the environment
         takes); discrete ones one-hot."""
-        params = self.actor(self.rssm._feat(h, z))
-        action = self.actor.mode(params) if noise is None else \
-            self.actor.sample(params, noise)
+        actor = self.heads[-2]  # the ActorHead
+        raw = actor.outputs(h, z)
+        if noise is None:
+            return actor.predictions(raw)["action"]
+        return self._to_env(self.actor.sample(raw["action_params"], noise))
+
+    def _to_env(self, action: tf.Tensor) -> tf.Tensor:
+        """The actor's action as the environment takes it: one-hot, or mapped onto
+        [action_low, action_high] (:func:`to_env_action`)."""
         if self.behavior.discrete:
             return action
         return to_env_action(action, self.action_low, self.action_high)

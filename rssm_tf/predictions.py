@@ -10,14 +10,19 @@ client loop over heads instead of naming them:
   values a user reads;
 - ``losses(raw, batch)``: its per-step loss terms [...], the first named ``loss_name``
   (the term the world model weighs and sums), any others its logged parts;
-- ``signature``: the exported signature that serves its predictions (``"predict"``
-  or ``"decode"``).
+- ``signature``: the exported signature that serves its predictions (``"predict"``,
+  ``"decode"``, ``"act"``; None: not exported);
+- ``trained_on``: ``"replay"`` (the world model's loss on replayed batches) or
+  ``"imagination"`` (the behavior losses of :mod:`rssm_tf.behavior`, on imagined
+  trajectories; such a head has no replay loss terms).
 
 The heads of a :class:`~rssm_tf.WorldModel` are its :class:`ObservationHead` (the
 decoder; one loss term per key, ``rec/<key>``, by the rules of
-:mod:`rssm_tf.spaces`), then the RSSM's :class:`RewardHead` and :class:`ContinueHead`.
+:mod:`rssm_tf.spaces`), then the RSSM's :class:`RewardHead` and :class:`ContinueHead`;
+a :class:`~rssm_tf.Dreamer` adds its :class:`ActorHead` and :class:`CriticHead`.
 The layers stay where the model's saved files have them (the decoder in the world
-model, the reward and continue MLPs in the RSSM); a head only refers to them.
+model, the reward and continue MLPs in the RSSM, the actor and critic in the agent); a
+head only refers to them.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ class Head:
 
     #: the world model's name for this head's loss term (its scale: ``<loss_name>_scale``)
     loss_name: str = ""
-    #: the exported signature that serves :meth:`predictions`
-    signature: str = "predict"
+    #: the exported signature that serves :meth:`predictions` (None: not exported)
+    signature: str | None = "predict"
+    #: "replay": trained by the world model's loss; "imagination": by the behavior losses
+    trained_on: str = "replay"
 
     @property
     def layers(self) -> tuple[keras.layers.Layer, ...]:
@@ -155,6 +162,52 @@ class ContinueHead(Head):
                ) -> dict[str, tf.Tensor]:
         return {self.loss_name: tf.nn.sigmoid_cross_entropy_with_logits(
             labels=1.0 - batch["is_terminal"], logits=raw["continue_logits"])}
+
+
+class ActorHead(Head):
+    """The policy (:class:`rssm_tf.behavior.Actor`): ``action_params`` raw (see
+    ``Actor.call``) and ``action``, its mode in the environment's units (one-hot, or
+    mapped onto [low, high]); trained in imagination (``actor_loss``), served by the
+    ``act`` signatures."""
+
+    loss_name = "actor_loss"
+    signature = "act"
+    trained_on = "imagination"
+
+    def __init__(self, actor: keras.layers.Layer, feat: Any, to_env: Any) -> None:
+        self.actor, self._feat, self._to_env = actor, feat, to_env
+
+    @property
+    def layers(self) -> tuple[keras.layers.Layer, ...]:
+        return (self.actor,)
+
+    def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
+        return {"action_params": self.actor(self._feat(h, z))}
+
+    def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        return {"action": self._to_env(self.actor.mode(raw["action_params"]))}
+
+
+class CriticHead(Head):
+    """The value (:class:`rssm_tf.behavior.Critic`): ``value_logits`` over its twohot
+    bins and ``value``; trained in imagination (``critic_loss``); not exported."""
+
+    loss_name = "critic_loss"
+    signature = None
+    trained_on = "imagination"
+
+    def __init__(self, critic: keras.layers.Layer, feat: Any) -> None:
+        self.critic, self._feat = critic, feat
+
+    @property
+    def layers(self) -> tuple[keras.layers.Layer, ...]:
+        return (self.critic,)
+
+    def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
+        return {"value_logits": self.critic(self._feat(h, z))}
+
+    def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
+        return {"value": self.critic.twohot.decode(raw["value_logits"])}
 
 
 def read_heads(heads: tuple[Head, ...], h: tf.Tensor, z: tf.Tensor,

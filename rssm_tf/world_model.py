@@ -111,7 +111,8 @@ class WorldModel(keras.Model):
         #: the logged terms: ``loss``, every head's terms (``rec``, ``rec/<key>`` per
         #: observation key, ``rew``, ``con``), the KL terms and ``grad_norm``
         self.metric_names = METRIC_NAMES[:1] + tuple(
-            name for head in self.heads for name in head.metric_names) + METRIC_NAMES[4:]
+            name for head in self.replay_heads for name in head.metric_names) \
+            + METRIC_NAMES[4:]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names}
         self.built = True
 
@@ -121,6 +122,12 @@ class WorldModel(keras.Model):
         reward and the continue flag; losses, metrics, ``open_loop`` and the export
         loop over them."""
         return self._heads.value
+
+    @property
+    def replay_heads(self) -> tuple[Head, ...]:
+        """The heads the world-model loss trains on replayed batches (every head but
+        an agent's actor and critic)."""
+        return tuple(head for head in self.heads if head.trained_on == "replay")
 
     @property
     def twohot(self) -> TwohotEncoder:
@@ -296,7 +303,7 @@ class WorldModel(keras.Model):
         batch = self.validate_batch(inputs)
         states, post, prior = self.rssm.observe(self._obs(batch), batch["action"],
                                                 batch["is_first"], sample=False)
-        return {**read_heads(self.heads, states.h, states.z), "post_logits": post,
+        return {**read_heads(self.replay_heads, states.h, states.z), "post_logits": post,
                 "prior_logits": prior}
 
     def loss_scale(self, head: Head) -> float:
@@ -330,13 +337,14 @@ class WorldModel(keras.Model):
         states, post, prior = self.rssm.observe_time_major(
             self._obs(batch), batch["action"], batch["is_first"], state, noise,
             xla_loop=getattr(self, "xla_loop", False))
-        out = read_heads(self.heads, states.h, states.z)
+        heads = self.replay_heads
+        out = read_heads(heads, states.h, states.z)
         terms: dict[str, tf.Tensor] = {}
-        for head in self.heads:
+        for head in heads:
             terms.update(head.losses(out, batch))
         kl = kl_balanced_loss(post, prior, self.kl)
         loss = tf.reduce_mean(tf.add_n([self.loss_scale(head) * terms[head.loss_name]
-                                        for head in self.heads])) + kl.loss
+                                        for head in heads])) + kl.loss
         logs = {"loss": loss, **{k: tf.reduce_mean(v) for k, v in terms.items()},
                 "dyn": tf.reduce_mean(kl.dyn),
                 "rep": tf.reduce_mean(kl.rep), "kl": tf.reduce_mean(kl.kl),
@@ -458,7 +466,7 @@ class WorldModel(keras.Model):
         imagined, _ = self.rssm.imagine(last, action[:, context:context + horizon],
                                         sample=False)
         out: dict[str, tf.Tensor] = {}
-        for head in self.heads:
+        for head in self.replay_heads:
             out.update(head.predictions(head.outputs(imagined.h, imagined.z)))
             if isinstance(head, ObservationHead):  # and what the context looked like
                 seen = head.predictions(head.outputs(states.h, states.z))

@@ -30,6 +30,7 @@ from rssm_tf.behavior import (
     trajectory_weight,
     update_slow,
 )
+from rssm_tf.dreamer import BEHAVIOR_METRICS
 from rssm_tf.rssm import RssmState
 from rssm_tf.saving import load_world_model, save_world_model
 
@@ -264,6 +265,39 @@ def test_dreamer_fit_logs_behavior_metrics_and_updates_the_slow_critic(discrete)
         np.testing.assert_array_equal(action.numpy().sum(-1), [1.0, 1.0])
     else:
         assert np.all(np.abs(action.numpy()) <= 2.0)
+
+
+def test_the_actor_and_critic_are_heads_trained_in_imagination():
+    """A Dreamer's heads: the world model's three, then the actor (served by ``act``)
+    and the critic (not exported); the world-model loss, its metrics and its optimiser
+    see only the replay heads; the export tracks the actor but not the critic."""
+    from rssm_tf_export.module import InferenceModule
+
+    from rssm_tf.predictions import ActorHead, CriticHead
+    from rssm_tf.world_model import WorldModel
+
+    model = Dreamer(CONFIG, BehaviorConfig(layers=1, units=16, horizon=4, discrete=False),
+                    action_low=-2.0, action_high=2.0)
+    assert [type(h) for h in model.heads[-2:]] == [ActorHead, CriticHead]
+    assert [h.signature for h in model.heads[-2:]] == ["act", None]
+    assert model.replay_heads == model.heads[:3]
+    assert model.metric_names == WorldModel(CONFIG).metric_names + BEHAVIOR_METRICS
+    ids = {id(v) for v in model._world_variables()}
+    assert not ids & {id(v) for v in model.actor.variables + model.critic.variables}
+    assert ids >= {id(v) for v in model.decoder.trainable_variables}
+    h, z = tf.random.normal([3, 16]), tf.one_hot(tf.zeros([3, 4], tf.int32), 4)
+    z = tf.reshape(z, [3, 16])
+    actor, critic = model.heads[-2:]
+    raw = actor.outputs(h, z)
+    mean = raw["action_params"][:, :2]  # the continuous actor's mean, tanh'd
+    np.testing.assert_allclose(actor.predictions(raw)["action"],
+                               -2.0 + (np.clip(mean, -1, 1) + 1.0) * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(model.act(h, z), actor.predictions(raw)["action"])
+    np.testing.assert_allclose(critic.predictions(critic.outputs(h, z))["value"],
+                               model.critic.value(tf.concat([h, z], -1)), rtol=1e-6)
+    tracked = {id(v) for v in InferenceModule(model).tracked_variables}
+    assert {id(v.value) for v in model.actor.variables} <= tracked
+    assert not {id(v.value) for v in model.critic.variables} & tracked
 
 
 def test_dreamer_update_compiled_equals_eager():
