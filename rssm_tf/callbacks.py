@@ -153,7 +153,8 @@ class ImaginationCallback(keras.callbacks.Callback):
         chosen = [e for e in episodes if len(e["action"]) >= span]
         if not chosen:
             raise ValueError(f"no episode has context + horizon = {span} steps")
-        self.window = {k: v[None, :span] for k, v in chosen[0].items()}  # dtypes: the model's
+        # as stored; on_epoch_end gives each key the dtype the model's space says
+        self.window = {k: v[None, :span] for k, v in chosen[0].items()}
         self.window["is_first"] = self.window["is_first"].astype("float32")  # a copy
         self.window["is_first"][:, 0] = 1.0
         self.out_dir = Path(out_dir)

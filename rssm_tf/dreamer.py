@@ -171,7 +171,7 @@ class Dreamer(WorldModel):
         ``noise`` (see :meth:`Actor.sample`), or the mode without it. Continuous
         actions come mapped onto [action_low, action_high] (what the environment
         takes); discrete ones one-hot."""
-        actor = self.heads[-2]  # the ActorHead
+        actor = next(head for head in self.heads if isinstance(head, ActorHead))
         raw = actor.outputs(h, z)
         if noise is None:
             return actor.predictions(raw)["action"]
