@@ -1,7 +1,8 @@
 """The agent's results beside the CEM planner's and sheeprl's, from finished runs.
 
     python examples/agent.py --env CartPole-v1 --steps 30000 --out out/agent
-    python examples/agent.py --env Pendulum-v1 --steps 30000 --out out/agent
+    python examples/agent.py --env Pendulum-v1 --steps 30000 --train-ratio 256 --imag-last 16 \\
+        --out out/agent
     sheeprl exp=dreamer_v3 algo=dreamer_v3_XS env=gym env.id=CartPole-v1 ... > sheeprl.log
     python benchmarks/agent_report.py --runs out/agent/CartPole-v1 out/agent/Pendulum-v1 \\
         --sheeprl CartPole-v1=sheeprl.log

@@ -1,7 +1,7 @@
 """Train a DreamerV3 agent (world model + actor + critic) on a gymnasium environment.
 
     python examples/agent.py --env CartPole-v1 --steps 20000
-    python examples/agent.py --env Pendulum-v1 --steps 20000
+    python examples/agent.py --env Pendulum-v1 --steps 30000 --train-ratio 256 --imag-last 16
 
 Collects with the actor into ``<out>/<env>/episodes``, trains at ``--train-ratio``
 replayed steps per environment step (one compiled update per batch: world model,
