@@ -121,7 +121,8 @@ class ObsKey:
 
     @property
     def dtype(self) -> str:
-        """The stored and served dtype: ``"float32"`` or ``"uint8"``."""
+        """The served dtype: ``"float32"``, ``"uint8"`` (pixels) or ``"int32"`` (class
+        indices)."""
         return DTYPES[self.kind]
 
     @property
