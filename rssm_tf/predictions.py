@@ -37,18 +37,25 @@ from rssm_tf.spaces import ObsSpace
 
 
 class Head:
-    """The protocol (see the module docstring); subclasses fill it in."""
+    """The protocol (see the module docstring); subclasses fill it in. ``layer`` is
+    the network the head reads, on ``feat(h, z)`` (default ``concat(h, z)``)."""
 
     #: the world model's name for this head's loss term (its scale: ``<loss_name>_scale``)
     loss_name: str = ""
     #: the exported signature that serves :meth:`predictions` (None: not exported)
     signature: str | None = "predict"
+    #: whether that signature also serves the raw outputs (the logits) beside them
+    serves_raw: bool = False
     #: "replay": trained by the world model's loss; "imagination": by the behavior losses
     trained_on: str = "replay"
 
+    def __init__(self, layer: keras.layers.Layer, feat: Any = None) -> None:
+        self.layer = layer
+        self._feat = feat or (lambda h, z: tf.concat([h, z], -1))
+
     @property
     def layers(self) -> tuple[keras.layers.Layer, ...]:
-        raise NotImplementedError
+        return (self.layer,)
 
     @property
     def variables(self) -> list:
@@ -68,7 +75,7 @@ class Head:
 
     def served(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
         """The outputs of this head in its exported ``signature``."""
-        return self.predictions(raw)
+        return {**self.predictions(raw), **raw} if self.serves_raw else self.predictions(raw)
 
     def losses(self, raw: dict[str, Any], batch: dict[str, tf.Tensor]
                ) -> dict[str, tf.Tensor]:
@@ -84,18 +91,15 @@ class ObservationHead(Head):
     signature = "decode"
 
     def __init__(self, decoder: keras.layers.Layer, space: ObsSpace) -> None:
-        self.decoder, self.space = decoder, space
-
-    @property
-    def layers(self) -> tuple[keras.layers.Layer, ...]:
-        return (self.decoder,)
+        super().__init__(decoder)
+        self.space = space
 
     @property
     def metric_names(self) -> tuple[str, ...]:
         return (self.loss_name,) + tuple(key.loss_name for key in self.space.values())
 
     def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
-        return {"recon": self.decoder(tf.concat([h, z], -1))}
+        return {"recon": self.layer(self._feat(h, z))}
 
     def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
         return {k: self.space[k].decode(v) for k, v in raw["recon"].items()}
@@ -113,23 +117,18 @@ class RewardHead(Head):
     ``reward``."""
 
     loss_name = "rew"
+    serves_raw = True
 
     def __init__(self, mlp: keras.layers.Layer, twohot: TwohotEncoder,
                  feat: Any) -> None:
-        self.mlp, self.twohot, self._feat = mlp, twohot, feat
-
-    @property
-    def layers(self) -> tuple[keras.layers.Layer, ...]:
-        return (self.mlp,)
+        super().__init__(mlp, feat)
+        self.twohot = twohot
 
     def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
-        return {"reward_logits": tf.cast(self.mlp(self._feat(h, z)), "float32")}
+        return {"reward_logits": tf.cast(self.layer(self._feat(h, z)), "float32")}
 
     def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
         return {"reward": self.twohot.decode(raw["reward_logits"])}
-
-    def served(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
-        return {**self.predictions(raw), **raw}
 
     def losses(self, raw: dict[str, Any], batch: dict[str, tf.Tensor]
                ) -> dict[str, tf.Tensor]:
@@ -141,22 +140,13 @@ class ContinueHead(Head):
     and ``continue_prob``; loss ``con``, the cross-entropy against ``1 - is_terminal``."""
 
     loss_name = "con"
-
-    def __init__(self, mlp: keras.layers.Layer, feat: Any) -> None:
-        self.mlp, self._feat = mlp, feat
-
-    @property
-    def layers(self) -> tuple[keras.layers.Layer, ...]:
-        return (self.mlp,)
+    serves_raw = True
 
     def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
-        return {"continue_logits": tf.cast(self.mlp(self._feat(h, z)), "float32")[..., 0]}
+        return {"continue_logits": tf.cast(self.layer(self._feat(h, z)), "float32")[..., 0]}
 
     def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
         return {"continue_prob": tf.sigmoid(raw["continue_logits"])}
-
-    def served(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
-        return {**self.predictions(raw), **raw}
 
     def losses(self, raw: dict[str, Any], batch: dict[str, tf.Tensor]
                ) -> dict[str, tf.Tensor]:
@@ -175,17 +165,14 @@ class ActorHead(Head):
     trained_on = "imagination"
 
     def __init__(self, actor: keras.layers.Layer, feat: Any, to_env: Any) -> None:
-        self.actor, self._feat, self._to_env = actor, feat, to_env
-
-    @property
-    def layers(self) -> tuple[keras.layers.Layer, ...]:
-        return (self.actor,)
+        super().__init__(actor, feat)
+        self._to_env = to_env
 
     def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
-        return {"action_params": self.actor(self._feat(h, z))}
+        return {"action_params": self.layer(self._feat(h, z))}
 
     def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
-        return {"action": self._to_env(self.actor.mode(raw["action_params"]))}
+        return {"action": self._to_env(self.layer.mode(raw["action_params"]))}
 
 
 class CriticHead(Head):
@@ -196,18 +183,11 @@ class CriticHead(Head):
     signature = None
     trained_on = "imagination"
 
-    def __init__(self, critic: keras.layers.Layer, feat: Any) -> None:
-        self.critic, self._feat = critic, feat
-
-    @property
-    def layers(self) -> tuple[keras.layers.Layer, ...]:
-        return (self.critic,)
-
     def outputs(self, h: tf.Tensor, z: tf.Tensor) -> dict[str, Any]:
-        return {"value_logits": self.critic(self._feat(h, z))}
+        return {"value_logits": self.layer(self._feat(h, z))}
 
     def predictions(self, raw: dict[str, Any]) -> dict[str, tf.Tensor]:
-        return {"value": self.critic.twohot.decode(raw["value_logits"])}
+        return {"value": self.layer.twohot.decode(raw["value_logits"])}
 
 
 def read_heads(heads: tuple[Head, ...], h: tf.Tensor, z: tf.Tensor,
