@@ -338,7 +338,9 @@ class WorldModel(keras.Model):
             self._obs(batch), batch["action"], batch["is_first"], state, noise,
             xla_loop=getattr(self, "xla_loop", False))
         heads = self.replay_heads
-        out = read_heads(heads, states.h, states.z)
+        out: dict[str, Any] = {}  # the raw outputs, all the losses read (not decoded)
+        for head in heads:
+            out.update(head.outputs(states.h, states.z))
         terms: dict[str, tf.Tensor] = {}
         for head in heads:
             terms.update(head.losses(out, batch))
