@@ -107,6 +107,9 @@ class WorldModelClient:
         self.obs_space = {k: (tuple(v["shape"][1:]), v["dtype"])
                           for k, v in sorted(inputs.items()) if k not in STATE_INPUTS}
         self.obs_keys = tuple(self.obs_space)
+        #: the number of classes of each categorical key, as the manifest gives them
+        self.obs_classes = {k: v["classes"] for k, v in self.manifest.get("obs_space", {}).items()
+                            if "classes" in v}
         #: a Dreamer's actor (``discrete``, ``noise``, bounds), else None
         self.actor: dict[str, Any] | None = self.manifest.get("actor")
         self.h: np.ndarray | None = None
@@ -174,8 +177,7 @@ class WorldModelClient:
             if dtype == "uint8":
                 out[k] = rng.integers(0, 256, size, dtype=np.uint8)
             elif dtype == "int32":
-                classes = self.manifest["obs_space"][k]["classes"]
-                out[k] = rng.integers(0, classes, size, dtype=np.int32)
+                out[k] = rng.integers(0, self.obs_classes[k], size, dtype=np.int32)
             else:
                 out[k] = rng.normal(size=size).astype(np.float32)
         return out
@@ -439,7 +441,7 @@ class WorldModelClient:
                              f"{array.dtype}")
         if list(array.shape) != shape:
             raise ValueError(f"{key} must have shape {shape}, got {list(array.shape)}")
-        classes = self.manifest.get("obs_space", {}).get(key, {}).get("classes")
+        classes = self.obs_classes.get(key)
         if classes is not None and array.size and (array.min() < 0
                                                    or array.max() >= classes):
             raise ValueError(f"{key} must hold class indices in [0, {classes}), got "
