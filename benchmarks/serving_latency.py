@@ -3,7 +3,8 @@
 candidates, horizon 12, 4 iterations, top 50, continuous actions; and the Keras
 ``Planner`` under XLA on the same configuration), through ``WorldModelClient``.
 
-Backends: ONNX Runtime, LiteRT, the SavedModel in-process, and TF Serving's REST and
+Backends: ONNX Runtime, OpenVINO (CPU plugin, the same ONNX files), LiteRT, the
+SavedModel in-process, and TF Serving's REST and
 gRPC protocols against the stand-in server (``serving/standin.py``; point ``--rest-url`` /
 ``--grpc-target`` at a real ``tensorflow_model_server`` to measure that instead).
 
@@ -12,8 +13,8 @@ gRPC protocols against the stand-in server (``serving/standin.py``; point ``--re
     python benchmarks/serving_latency.py --imagine-only [--export DIR]
 
 ``--imagine-only``: ``imagine`` of 1024 starts x 15 steps (the ``imagine_noise``
-signature: states, reward and continue) on ONNX Runtime, the SavedModel in-process and
-the Keras model under XLA, one call each time.
+signature: states, reward and continue) on ONNX Runtime, OpenVINO, the SavedModel
+in-process and the Keras model under XLA, one call each time.
 
 Without ``--export`` it exports a fresh seed-configuration model (obs 64, action 11)
 to a temporary directory first. All numbers are from one run on one machine, written
@@ -157,9 +158,11 @@ def main() -> int:
     parser.add_argument("--json", default=None,
                         help="JSON path (default benchmarks/results/serving_latency*.json)")
     parser.add_argument("--imagine-only", action="store_true",
-                        help="only imagine 1024 x 15 (ONNX Runtime, SavedModel, Keras XLA)")
+                        help="only imagine 1024 x 15 (ONNX Runtime, OpenVINO, "
+                        "SavedModel, Keras XLA)")
     parser.add_argument("--plan-only", action="store_true",
-                        help="only the planning step (ONNX Runtime, SavedModel, Keras XLA)")
+                        help="only the planning step (ONNX Runtime, OpenVINO, "
+                        "SavedModel, Keras XLA)")
     args = parser.parse_args()
     command = "python benchmarks/serving_latency.py " + " ".join(sys.argv[1:])
 
@@ -180,7 +183,8 @@ def main() -> int:
             measure_one, measure_keras = measure_plan, measure_keras_plan
             iters, warmup = plan_iters, plan_warmup
         results = {name: measure_one(WorldModelClient.from_export(export_dir, name),
-                                     iters, warmup) for name in ("onnx", "savedmodel")}
+                                     iters, warmup)
+                   for name in ("onnx", "openvino", "savedmodel")}
         results["keras_xla"] = measure_keras(manifest["config"], iters, warmup)
         for name, r in results.items():
             print(f"{label} {name:<11} p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
@@ -200,6 +204,7 @@ def main() -> int:
     rest_url = args.rest_url or server.rest_url
     grpc_target = args.grpc_target or server.grpc_target
     clients = {"onnx": WorldModelClient.from_export(export_dir, "onnx"),
+               "openvino": WorldModelClient.from_export(export_dir, "openvino"),
                "litert": WorldModelClient.from_export(export_dir, "litert"),
                "savedmodel": WorldModelClient.from_export(export_dir, "savedmodel"),
                "rest": WorldModelClient.from_export(export_dir, "rest", url=rest_url),

@@ -29,7 +29,7 @@ from typing import Any
 
 import tensorflow as tf
 from rssm_tf_export.module import ACTOR_SIGNATURES, SIGNATURES, InferenceModule
-from rssm_tf_export.parity import format_table, parity_report
+from rssm_tf_export.parity import format_table, openvino_available, parity_report
 from rssm_tf_export.tf2onnx_batch import MARK
 from rssm_tf_serving.backends import expected_load_notes_dropped, load_saved_model
 
@@ -268,14 +268,16 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         "litert": {"files": [f"litert/{s}.tflite" for s in litert_signatures]}
         if litert else None,
         "versions": {p: _version_of(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx",
-                                                 "onnxruntime", "ai-edge-litert",
+                                                 "onnxruntime", "openvino", "ai-edge-litert",
                                                  "rssm-tf")},
         "files": files,
     }
     if parity:
         log("export: checking parity (eager, tf.function, XLA, SavedModel in fresh "
             "processes by tf.saved_model.load and by TF Serving's session loader"
-            + (", ONNX Runtime" if onnx else "") + (", LiteRT" if litert else "") + ")")
+            + (", ONNX Runtime" if onnx else "")
+            + (", OpenVINO" if onnx and openvino_available() else "")
+            + (", LiteRT" if litert else "") + ")")
         report = parity_report(module, saved, onnx_dir, litert_dir=litert_dir)
         write_json(out / "parity.json", report)
         log(format_table(report))

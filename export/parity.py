@@ -5,7 +5,8 @@ Backends: ``eager`` (the Keras model's own code, op by op; the reference),
 exported SavedModel reloaded by ``tf.saved_model.load`` in a fresh process that does
 not import ``rssm_tf``), ``savedmodel_session`` (the same, loaded as TF Serving loads
 it: a TF1 session restoring the variables, tensors by SignatureDef names), ``onnx``
-(ONNX Runtime on the exported files) and ``litert`` (the LiteRT interpreter). For each
+(ONNX Runtime on the exported files), ``openvino`` (OpenVINO's CPU plugin on the same
+files, when ``openvino`` is installed) and ``litert`` (the LiteRT interpreter). For each
 backend and case it records the largest absolute difference of every continuous output
 from the reference and whether every ``z`` is identical; the report passes when all
 ``z`` match and every difference is within the tolerance: ``|diff| <= 1e-5 * max(1, |reference|)``.
@@ -13,6 +14,7 @@ from the reference and whether every ``z`` is identical; the report passes when 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -32,7 +34,7 @@ from rssm_tf_export.runner import (
     run_all,
     save_cases,
 )
-from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend
+from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, OpenVinoBackend
 
 TOLERANCE = 1e-5
 Z_KEYS = ("z_next", "z_seq")
@@ -55,6 +57,11 @@ def _tf_call(module: InferenceModule, mode: str) -> Call:
 def onnx_call(onnx_dir: str | os.PathLike) -> Call:
     """Runs signature ``name`` from ``onnx_dir/name.onnx`` with ONNX Runtime."""
     return OnnxBackend(onnx_dir).call
+
+
+def openvino_available() -> bool:
+    """Whether OpenVINO's runtime can be imported here (the ``openvino`` extra)."""
+    return importlib.util.find_spec("openvino") is not None
 
 
 def litert_call(litert_dir: str | os.PathLike) -> Call:
@@ -149,6 +156,9 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
             report["backends"][row] = result
     if onnx_dir is not None:
         report["backends"]["onnx"] = compare(reference, run_all(onnx_call(onnx_dir), cases))
+        if openvino_available():
+            report["backends"]["openvino"] = compare(
+                reference, run_all(OpenVinoBackend(onnx_dir).call, cases))
     if litert_dir is not None:  # LiteRT has no planner (it cannot lower the loops)
         steps = litert_cases(cases)
         report["backends"]["litert"] = compare(

@@ -12,6 +12,10 @@ the files have the same nodes of each type and the same initializers as the comm
 line's (tf2onnx orders nodes differently from run to run either way). Before each
 conversion a line ``tf2onnx_batch: converting NAME`` goes to stderr, so a failure can be
 traced to its signature; the first failure ends the run with a non-zero exit.
+
+Each converted file then has its loops' pass-through values read from the outer scope
+(:func:`rssm_tf_export.onnx_graph.rewrite_file`; without it OpenVINO cannot load the
+loops tf2onnx writes).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def main(argv: list[str]) -> int:
         return 2
     saved_model, opset, *jobs = argv
     import tensorflow as tf
+    from rssm_tf_export.onnx_graph import rewrite_file
     from rssm_tf_serving.backends import expected_load_notes_dropped
     from tf2onnx import convert
 
@@ -40,6 +45,7 @@ def main(argv: list[str]) -> int:
             sys.argv = ["tf2onnx.convert", "--saved-model", saved_model, "--signature_def",
                         name, "--opset", opset, "--output", output]
             convert.main()
+            rewrite_file(output)
     return 0
 
 

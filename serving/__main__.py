@@ -1,6 +1,7 @@
 """``python -m serving``: run a short episode through a chosen backend and print it.
 
     python -m serving --export out/export --backend onnx
+    python -m serving --export out/export --backend openvino
     python -m serving --export out/export --backend rest --url http://localhost:8501
     python -m serving --export out/export --backend grpc --target localhost:8500
     python -m serving --export out/export --backend savedmodel --episode ep.npz
@@ -17,13 +18,14 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+from rssm_tf_serving.client import BACKENDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rssm-tf serve", description=__doc__.split("\n")[0])
     parser.add_argument("--export", required=True, help="export directory (manifest.json)")
-    parser.add_argument("--backend", choices=["onnx", "litert", "savedmodel", "rest", "grpc"],
-                        default="onnx", help="what runs the model (onnx)")
+    parser.add_argument("--backend", choices=list(BACKENDS), default="onnx",
+                        help="what runs the model (onnx)")
     parser.add_argument("--url", default="http://localhost:8501", help="REST base URL")
     parser.add_argument("--target", default="localhost:8500", help="gRPC host:port")
     parser.add_argument("--episode", default=None, help="an episode .npz to replay")

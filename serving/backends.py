@@ -2,6 +2,7 @@
 ``backend.call(signature, inputs) -> outputs`` (dicts of float32 numpy arrays).
 
 - :class:`OnnxBackend`: ONNX Runtime on ``EXPORT/onnx/<signature>.onnx``.
+- :class:`OpenVinoBackend`: OpenVINO's runtime on the same ONNX files.
 - :class:`LiteRtBackend`: the LiteRT interpreter on ``EXPORT/litert/<signature>.tflite``.
 - :class:`SavedModelBackend`: ``tf.saved_model.load`` of a version directory.
 - :class:`SessionBackend`: the SavedModel loaded the way TF Serving's C++ loader does
@@ -105,7 +106,35 @@ def choose_providers(available: list[str], wanted: list[str] | None = None) -> l
     return list(wanted)
 
 
-class OnnxBackend:
+class _FileBackend:
+    """A runtime that opens ``DIRECTORY/<signature>.onnx`` on first use, one compiled
+    model per signature; subclasses say how to open a file and run it."""
+
+    name = ""
+    runtime = ""
+
+    def __init__(self, onnx_dir: str | os.PathLike) -> None:
+        self.onnx_dir = Path(onnx_dir)
+        if not self.onnx_dir.is_dir():
+            raise ServingError(f"{self.onnx_dir}: no ONNX directory (export with ONNX)")
+        self.sessions: dict[str, Any] = {}
+
+    def _open(self, path: Path) -> Any:
+        raise NotImplementedError
+
+    def _session(self, signature: str) -> Any:
+        if signature not in self.sessions:
+            path = self.onnx_dir / f"{signature}.onnx"
+            if not path.is_file():
+                raise ServingError(f"signature {signature!r} has no ONNX file: {path}")
+            try:
+                self.sessions[signature] = self._open(path)
+            except Exception as error:  # each runtime raises its own exception types
+                raise ServingError(f"{path}: {self.runtime} cannot load it: {error}") from None
+        return self.sessions[signature]
+
+
+class OnnxBackend(_FileBackend):
     """ONNX Runtime sessions, one per signature file, opened on first use.
 
     ``threads``: intra-op threads per session; None keeps ONNX Runtime's default (one
@@ -115,39 +144,77 @@ class OnnxBackend:
     TensorRT, CUDA or OpenVINO when installed, else the CPU (:func:`choose_providers`)."""
 
     name = "onnx"
+    runtime = "ONNX Runtime"
 
     def __init__(self, onnx_dir: str | os.PathLike, threads: int | None = None,
                  providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
-        self.onnx_dir = Path(onnx_dir)
-        if not self.onnx_dir.is_dir():
-            raise ServingError(f"{self.onnx_dir}: no ONNX directory (export with ONNX)")
+        super().__init__(onnx_dir)
         self._ort = ort
         self.providers = choose_providers(ort.get_available_providers(), providers)
         self.options = ort.SessionOptions()
         if threads:
             self.options.intra_op_num_threads = threads
             self.options.inter_op_num_threads = 1
-        self.sessions: dict[str, Any] = {}
 
-    def _session(self, signature: str) -> Any:
-        if signature not in self.sessions:
-            path = self.onnx_dir / f"{signature}.onnx"
-            if not path.is_file():
-                raise ServingError(f"signature {signature!r} has no ONNX file: {path}")
-            try:
-                self.sessions[signature] = self._ort.InferenceSession(
-                    str(path), self.options, providers=self.providers)
-            except Exception as error:  # ORT raises its own exception types
-                raise ServingError(f"{path}: ONNX Runtime cannot load it: {error}") from None
-        return self.sessions[signature]
+    def _open(self, path: Path) -> Any:
+        return self._ort.InferenceSession(str(path), self.options, providers=self.providers)
 
     def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._session(signature)
         feed = {i.name: inputs[i.name] for i in session.get_inputs()}
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(None, feed)))
+
+
+def _signature_name(names: set[str]) -> str:
+    """The signature's name among an OpenVINO tensor's names: tf2onnx names the graph's
+    inputs and outputs by the signature's keys (identifiers such as ``h_seq``), and
+    OpenVINO, folding the Identity before an output, adds the producer's TensorFlow
+    name (``StatefulPartitionedCall/...:0``)."""
+    plain = sorted(n for n in names if n.isidentifier())
+    if len(plain) != 1:
+        raise ServingError(f"cannot tell the signature's name among the tensor names "
+                           f"{sorted(names)}")
+    return plain[0]
+
+
+class OpenVinoBackend(_FileBackend):
+    """OpenVINO's runtime on the same ``EXPORT/onnx/<signature>.onnx`` files, compiled
+    for ``device`` (``CPU``; ``GPU`` or ``NPU`` where OpenVINO has them) on first use.
+
+    ``threads``: the CPU plugin's inference threads (None: OpenVINO's default).
+    ``pip install "rssm-tf[openvino]"``."""
+
+    name = "openvino"
+    runtime = "OpenVINO"
+
+    def __init__(self, onnx_dir: str | os.PathLike, device: str = "CPU",
+                 threads: int | None = None) -> None:
+        try:
+            import openvino
+        except ImportError:
+            raise ServingError('the OpenVINO backend needs openvino: pip install '
+                               '"rssm-tf[openvino]"') from None
+        super().__init__(onnx_dir)
+        self._core = openvino.Core()
+        if device not in self._core.available_devices:
+            raise ServingError(f"device must be one of OpenVINO's devices here "
+                               f"{self._core.available_devices}, got {device!r}")
+        self.device = device
+        self.config = {} if threads is None else {"INFERENCE_NUM_THREADS": int(threads)}
+
+    def _open(self, path: Path) -> Any:
+        compiled = self._core.compile_model(str(path), self.device, self.config)
+        inputs = [(port, _signature_name(port.get_names())) for port in compiled.inputs]
+        outputs = [(port, _signature_name(port.get_names())) for port in compiled.outputs]
+        return compiled.create_infer_request(), inputs, outputs
+
+    def call(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request, ports, outputs = self._session(signature)
+        results = request.infer({port: inputs[name] for port, name in ports})
+        return {name: np.array(results[port]) for port, name in outputs}
 
 
 class SavedModelBackend:

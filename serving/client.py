@@ -35,12 +35,13 @@ from rssm_tf_serving.backends import (
     GrpcBackend,
     LiteRtBackend,
     OnnxBackend,
+    OpenVinoBackend,
     RestBackend,
     SavedModelBackend,
     ServingError,
 )
 
-BACKENDS = ("onnx", "litert", "savedmodel", "rest", "grpc")
+BACKENDS = ("onnx", "openvino", "litert", "savedmodel", "rest", "grpc")
 
 
 # The manifest layout this client reads; an export's manifest.json says which it has.
@@ -122,14 +123,17 @@ class WorldModelClient:
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, backend: str = "onnx",
                     **options: Any) -> WorldModelClient:
-        """A client for an export directory. ``backend``: ``onnx``, ``litert`` (export
+        """A client for an export directory. ``backend``: ``onnx`` (ONNX Runtime),
+        ``openvino`` (OpenVINO on the same files, ``device=``), ``litert`` (export
         with ``--litert``), ``savedmodel`` (these read the files), ``rest`` (``url=``,
-        ``model=``) or ``grpc``
-        (``target=``, ``model=``); ``model`` defaults to the exported name."""
+        ``model=``) or ``grpc`` (``target=``, ``model=``); ``model`` defaults to the
+        exported name."""
         manifest = load_manifest(export_dir)
         export_dir = Path(export_dir)
         if backend == "onnx":
             impl: Backend = OnnxBackend(export_dir / "onnx", **options)
+        elif backend == "openvino":
+            impl = OpenVinoBackend(export_dir / "onnx", **options)
         elif backend == "litert":
             actor = manifest.get("actor") or {}
             impl = LiteRtBackend(export_dir / "litert",

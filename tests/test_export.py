@@ -23,7 +23,12 @@ from rssm_tf_export.module import ACTOR_SIGNATURES
 from rssm_tf_export.module import SIGNATURES as WORLD_MODEL_SIGNATURES
 from rssm_tf_export.parity import onnx_call
 from rssm_tf_export.runner import make_cases, run_all, run_case
-from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, SavedModelBackend
+from rssm_tf_serving.backends import (
+    LiteRtBackend,
+    OnnxBackend,
+    OpenVinoBackend,
+    SavedModelBackend,
+)
 from served import cases_for, check_against_keras, keras_call, run_in_tf_serving_loader
 
 from rssm_tf.saving import ModelFileError, load_world_model
@@ -79,7 +84,7 @@ def test_parity_report_passes_on_every_backend(exported):
     report = json.loads((out / "parity.json").read_text())
     assert report["passed"] and manifest["parity"]["passed"]
     assert set(report["backends"]) == {"function", "xla", "savedmodel", "savedmodel_session",
-                                       "onnx", "litert"}
+                                       "onnx", "openvino", "litert"}
     fresh = report["backends"]["savedmodel"]
     assert fresh["imported_rssm_tf"] is False
     assert "imagine_noise" in fresh["signatures"]
@@ -168,6 +173,7 @@ def test_savedmodel_onnx_and_litert_compute_what_keras_does(exported, model_path
     assert manifest["litert"]["files"] == [f"litert/{s}.tflite" for s in LITERT_FILES]
     for what, backend in (("savedmodel", SavedModelBackend(out / "saved_model" / "wm")),
                           ("onnx", OnnxBackend(out / "onnx")),
+                          ("openvino", OpenVinoBackend(out / "onnx")),
                           ("litert", LiteRtBackend(out / "litert"))):
         check_against_keras(model, backend.call, what, seed=7)
     # weights really are inside the LiteRT file: a weightless conversion was ~35 KB
@@ -249,18 +255,34 @@ def test_rollouts_equal_between_savedmodel_and_onnx_runtime(exported):
                               run_case(ort_call, cases["imagine_noise"])["z_seq"])
 
 
-def test_every_onnx_file_opens_in_onnx_runtime(exported):
+def _nodes(graph):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.g.node:
+                yield from _nodes(attribute.g)
+
+
+def test_every_onnx_file_opens_in_onnx_runtime_and_openvino(exported):
     import onnx
     import onnxruntime as ort
+    import openvino
 
     out, _ = exported
+    core = openvino.Core()
     for name in ONNX_FILES:
         path = out / "onnx" / f"{name}.onnx"
-        assert onnx.load(str(path)).opset_import[0].version >= 17
+        proto = onnx.load(str(path))
+        assert proto.opset_import[0].version >= 17
+        # standard ONNX operators only, in loop bodies too
+        assert {n.domain for n in _nodes(proto.graph)} <= {"", "ai.onnx"}
+        onnx.checker.check_model(proto, full_check=True)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         inputs = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
         assert {"h", "z"} <= inputs and not inputs & outputs
+        compiled = core.compile_model(str(path), "CPU")  # tf2onnx's loops it refused
+        assert {n for p in compiled.inputs for n in p.get_names()} == inputs
 
 
 def test_onnx_conversion_names_the_failing_signature_and_writes_nothing(exported, tmp_path):

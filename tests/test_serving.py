@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rssm_tf_serving.backends import GrpcBackend, RestBackend, ServingError, SessionBackend
+from rssm_tf_serving.backends import (
+    GrpcBackend,
+    OnnxBackend,
+    RestBackend,
+    ServingError,
+    SessionBackend,
+)
 from rssm_tf_serving.client import WorldModelClient
 from rssm_tf_serving.standin import StandInServer
 from served import free_port, rest_forms_agree
@@ -26,6 +32,7 @@ def server(exported):
 def clients(exported, server):
     out, _ = exported
     return {"onnx": WorldModelClient.from_export(out, "onnx"),
+            "openvino": WorldModelClient.from_export(out, "openvino"),
             "litert": WorldModelClient.from_export(out, "litert", seed=0),
             "savedmodel": WorldModelClient.from_export(out, "savedmodel"),
             "rest": WorldModelClient.from_export(out, "rest", url=server.rest_url),
@@ -60,7 +67,7 @@ def test_every_backend_agrees_over_a_rollout(clients, sample):
     data = episode(clients["onnx"])
     reference = rollout(clients["onnx"], data, sample)
     assert reference[-1]["z_seq"].sum() == 3 * 7 * clients["onnx"].groups  # one-hot
-    for name in ("litert", "savedmodel", "rest", "grpc"):
+    for name in ("openvino", "litert", "savedmodel", "rest", "grpc"):
         trace = rollout(clients[name], data, sample)
         for step, (a, b) in enumerate(zip(reference, trace)):
             assert set(a) == set(b), name
@@ -274,7 +281,7 @@ def test_tensor_protos_are_tensorflows_and_other_dtypes_are_refused():
 
 
 def test_onnx_runtime_providers_are_chosen_and_checked(exported):
-    from rssm_tf_serving.backends import OnnxBackend, choose_providers
+    from rssm_tf_serving.backends import choose_providers
 
     assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider",
@@ -290,6 +297,29 @@ def test_onnx_runtime_providers_are_chosen_and_checked(exported):
         OnnxBackend(out / "onnx", providers=["CUDAExecutionProvider"])
     client = WorldModelClient.from_export(out, "onnx", providers=["CPUExecutionProvider"])
     assert client.backend.providers == ["CPUExecutionProvider"]
+
+
+def test_openvino_backend_names_its_device_threads_and_missing_files(exported, tmp_path):
+    from rssm_tf_serving.backends import OpenVinoBackend
+
+    out, _ = exported
+    with pytest.raises(ServingError, match=r"device must be one of OpenVINO's devices here "
+                                           r"\['CPU'.*got 'TPU'"):
+        OpenVinoBackend(out / "onnx", device="TPU")
+    with pytest.raises(ServingError, match="no ONNX directory"):
+        OpenVinoBackend(tmp_path / "nowhere")
+    backend = OpenVinoBackend(out / "onnx", threads=1)
+    assert backend.sessions == {}  # compiled on first use
+    h = np.random.default_rng(0).normal(size=(2, 32)).astype("f")
+    z = np.zeros((2, 16), "f")
+    got = backend.call("predict", {"h": h, "z": z})
+    want = OnnxBackend(out / "onnx").call("predict", {"h": h, "z": z})
+    assert set(got) == set(want) == {"reward", "reward_logits", "continue_prob",
+                                     "continue_logits"}
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, rtol=0)
+    with pytest.raises(ServingError, match="signature 'plan_everything' has no ONNX file"):
+        backend.call("plan_everything", {})
 
 
 def test_manifest_carries_its_format_version(exported, tmp_path):
@@ -399,7 +429,7 @@ def test_the_exported_actor_acts_as_the_keras_actor_in_cartpole(model_path, clie
     assert all(a.shape[1] == 2 and np.all(a[1:].sum(-1) == 1) for a in want_actions)
     if sample:  # the sampled actor really varies its actions
         assert len({int(a) for x in want_actions for a in x[1:].argmax(-1)}) == 2
-    for name in ("onnx", "litert", "savedmodel", "rest", "grpc"):
+    for name in ("onnx", "openvino", "litert", "savedmodel", "rest", "grpc"):
         returns, actions = run(ClientActor(clients[name], sample=sample, seed=5), name)
         assert returns == want_returns, name
         for got, want in zip(actions, want_actions):
