@@ -1,9 +1,9 @@
-"""End to end on real gymnasium environments: collect, fit, imagine, evaluate, export.
+"""End to end on real gymnasium environments: world models, an agent, the export.
 
-For each run (CartPole-v1 and Pendulum-v1 from their state vectors, and pixel
-CartPole: CartPole-v1 from two observation keys, ``image`` RGB frames rendered offline
-and ``velocity`` the cart's velocity and the pole's angular velocity, the parts of the
-state a single frame cannot show):
+For each world-model run (Pendulum-v1 from its state vector, and pixel CartPole:
+CartPole-v1 from two observation keys, ``image`` RGB frames rendered offline and
+``velocity`` the cart's velocity and the pole's angular velocity, the parts of the
+state a single frame cannot show; ``--runs CartPole-v1`` adds CartPole's state vector):
 
 1. collect random-policy episodes for training and held-out evaluation
    (``OUT/<run>/data/train``, ``OUT/<run>/data/test``);
@@ -13,18 +13,28 @@ state a single frame cannot show):
    ``OUT/<run>/model.keras``);
 3. evaluate open-loop prediction on the held-out episodes against a mean predictor
    (per dimension, or the per-pixel mean frame) (``OUT/<run>/open_loop.json``);
+Then the agent run, ``CartPole-agent``: a DreamerV3 agent (world model, actor and
+critic trained in imagination, :class:`rssm_tf.Dreamer`) collects CartPole-v1 with its
+actor and trains at a train ratio, evaluating the actor's mode on 10 episodes every
+``eval_every`` environment steps (``OUT/CartPole-agent/agent.json``; the checkpoint
+``OUT/CartPole-agent/model.keras``, resumed when run again).
+
 4. export the models: ``OUT/export/saved_model/<name>/<version>/``; for the last run
-   (pixel CartPole) also ``OUT/export/onnx/``, ``OUT/export/litert/`` and the parity
+   (the agent) also ``OUT/export/onnx/``, ``OUT/export/litert/`` and the parity
    report (Keras eager against tf.function, XLA, the SavedModel loaded by
-   ``tf.saved_model.load`` and by TF Serving's session loader, ONNX Runtime, LiteRT).
+   ``tf.saved_model.load`` and by TF Serving's session loader, ONNX Runtime, LiteRT,
+   and OpenVINO where installed); the exported actor then plays the evaluation
+   episodes again with ONNX Runtime, without the Keras model.
 
 It verifies at the end: the open-loop error of every observation key at horizon 15
-must be at most ``MARGIN`` (0.7) times the mean predictor's, and the export parity must
-hold; otherwise it exits 1. The default plans aim at ten minutes on two cores (their
-last time is in ``benchmarks/results/end_to_end.md``); ``--full`` runs more data and
-updates (``benchmarks/results/end_to_end_full.md``).
+must be at most ``MARGIN`` (0.7) times the mean predictor's; the agent's last
+evaluation must reach ``AGENT_CHECK`` (a mean return of 100, 4.5 times a random
+policy's 22), on Keras and on ONNX Runtime; and the export parity must hold; otherwise
+it exits 1. The default plans aim at ten minutes on two cores (their last time is in
+``benchmarks/results/end_to_end.md``); ``--full`` runs more data and updates
+(``benchmarks/results/end_to_end_full.md``).
 
-    python examples/end_to_end.py [--out out] [--full] [--runs CartPole-v1 ...]
+    python examples/end_to_end.py [--out out] [--full] [--runs Pendulum-v1 ...]
 """
 
 from __future__ import annotations
@@ -41,9 +51,11 @@ import quiet_tf  # noqa: F401
 # isort: split
 import keras
 
+from rssm_tf import BehaviorConfig, Dreamer, RssmConfig
+from rssm_tf.agent import action_bounds, eval_seed, run_episodes, train_agent
 from rssm_tf.atomic import write_atomic
 from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
-from rssm_tf.collect import collect
+from rssm_tf.collect import collect, make_env
 from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset
 from rssm_tf.saving import AtomicModelCheckpoint, save_world_model
 from rssm_tf.world_model import WorldModel, evaluate_open_loop
@@ -75,6 +87,26 @@ PLANS = {
                             vector_keys={"velocity": [1, 3]},
                             sizes=dict(cnn_depth=8, cnn_kernel=3)),
 }
+# The agent (world model + actor + critic, D = H = 128, actor and critic 3 x 128):
+# train ratio 128 (replayed steps per environment step; DreamerV3's default for
+# proprioceptive tasks is 512), imagination from the last 16 steps of each 64-step
+# window (256 starts: a quarter of the update's cost, DreamerV3's ``imag_last``), and
+# actor and critic learning rates 1e-4 (DreamerV3: 3e-5; at 3e-5 the actor of this
+# short run was still at a random policy's return after 250 updates). It stops at the
+# first evaluation reaching ``stop_at``, else after ``steps`` environment steps.
+AGENT_PLANS = {
+    "CartPole-agent": dict(env="CartPole-v1", steps=3000, train_ratio=128, imag_last=16,
+                           units=128, lr=3e-4, actor_lr=1e-4, critic_lr=1e-4,
+                           eval_every=500, stop_at=300.0),
+}
+FULL_AGENT_PLANS = {
+    # CartPole's solved return, 475, took 8934 environment steps and 1280 s with the
+    # larger model of examples/agent.py (benchmarks/results/agent.md)
+    "CartPole-agent": dict(AGENT_PLANS["CartPole-agent"], steps=12000, stop_at=475.0),
+}
+#: the agent run's check: the mean return of its last evaluation (10 episodes of the
+#: actor's mode) on Keras and on ONNX Runtime; a random policy's is about 22
+AGENT_CHECK = 100.0
 FULL_PLANS = {
     "CartPole-v1": dict(PLANS["CartPole-v1"], train=400, test=60, steps=1500, epochs=3),
     "Pendulum-v1": dict(PLANS["Pendulum-v1"], train=40, test=10, steps=1000, epochs=3),
@@ -83,7 +115,9 @@ FULL_PLANS = {
     "CartPole-pixels": dict(PLANS["CartPole-pixels"], train=300, test=160, steps=2400,
                             epochs=3),
 }
-# The check every run must pass: open-loop error at horizon 15 at most this fraction of
+#: the runs of a plain ``python examples/end_to_end.py``
+DEFAULT_RUNS = ["Pendulum-v1", "CartPole-pixels", "CartPole-agent"]
+# The check every world-model run must pass: open-loop error at horizon 15 at most this fraction of
 # the mean predictor's, for every observation key.
 MARGIN = 0.7
 
@@ -144,11 +178,65 @@ def run_env(run: str, out: Path, seed: int, scale: float, plans: dict) -> dict:
     return result
 
 
+def run_agent(run: str, out: Path, seed: int, scale: float, plan: dict) -> dict:
+    """Trains the agent of ``plan`` (:data:`AGENT_PLANS`) into ``out/run/model.keras``
+    and returns its evaluations, steps and time."""
+    env_id, root = plan["env"], out / run
+    root.mkdir(parents=True, exist_ok=True)
+    discrete, action_dim, low, high = action_bounds(env_id)
+    env, observe = make_env(env_id)
+    try:
+        obs = observe(env.reset(seed=seed)[0])
+    finally:
+        env.close()
+    keras.utils.set_random_seed(seed)
+    config = RssmConfig(obs_space={k: v.shape for k, v in obs.items()},
+                        action_dim=action_dim, **SIZES)
+    behavior = BehaviorConfig(discrete=discrete, units=plan["units"],
+                              imag_last=plan["imag_last"], actor_lr=plan["actor_lr"],
+                              critic_lr=plan["critic_lr"])
+    model = Dreamer(config, behavior, action_low=low, action_high=high, seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(plan["lr"], epsilon=1e-8,
+                                                  global_clipnorm=1000.0))
+    print(f"[{run}] a Dreamer on {env_id}: train ratio {plan['train_ratio']}, imagination "
+          f"from the last {plan['imag_last']} steps of each window, up to "
+          f"{int(plan['steps'] * scale)} environment steps or a return of {plan['stop_at']}")
+    t0 = time.time()
+    evals = train_agent(model, env_id, root / "episodes", max(1, int(plan["steps"] * scale)),
+                        train_ratio=plan["train_ratio"], batch_size=16, seq_len=64,
+                        eval_every=plan["eval_every"], checkpoint=root / "model.keras",
+                        seed=seed, stop_at=plan["stop_at"],
+                        log=lambda line: print(line.replace(f"[{env_id}]", f"[{run}]")))
+    last = evals[-1]
+    result = {"env": env_id, "evaluations": evals, "env_steps": last["env_steps"],
+              "updates": last["updates"], "mean_return": last["mean_return"],
+              "std_return": last["std_return"], "train_seconds": round(time.time() - t0, 1),
+              "check": AGENT_CHECK}
+    write_atomic(root / "agent.json", json.dumps(result, indent=2).encode())
+    print(f"[{run}] last evaluation: {last['mean_return']:.1f} +- {last['std_return']:.1f} "
+          f"after {last['env_steps']} environment steps (must be >= {AGENT_CHECK})")
+    return result
+
+
+def exported_actor_returns(export_dir: Path, env_id: str, seed: int, episodes: int
+                           ) -> list[float]:
+    """The exported actor's mode, on ONNX Runtime alone, on the agent's evaluation
+    seeds (:func:`rssm_tf.agent.eval_seed`)."""
+    from rssm_tf_serving.client import WorldModelClient
+    from rssm_tf_serving.planner import ClientActor
+
+    client = WorldModelClient.from_export(export_dir, "onnx")
+    results = run_episodes(env_id, ClientActor(client, sample=False), episodes,
+                           seed=eval_seed(seed))
+    return [float(r["return"]) for r in results]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out", help="output directory (out)")
-    parser.add_argument("--runs", nargs="+", default=list(PLANS),
-                        help=f"runs {list(PLANS)} or other gymnasium ids")
+    parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS,
+                        help=f"runs (default {DEFAULT_RUNS}): {list(PLANS)}, "
+                        f"{list(AGENT_PLANS)} or other gymnasium ids")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply the training updates (e.g. 0.1 for a smoke run)")
@@ -159,8 +247,15 @@ def main() -> int:
     out = Path(args.out)
     start = time.time()
     plans = FULL_PLANS if args.full else PLANS
-    results = {run: run_env(run, out, args.seed, args.scale, plans) for run in args.runs}
+    agent_plans = FULL_AGENT_PLANS if args.full else AGENT_PLANS
+    results, agents = {}, {}
+    for run in args.runs:
+        if run in agent_plans:
+            agents[run] = run_agent(run, out, args.seed, args.scale, agent_plans[run])
+        else:
+            results[run] = run_env(run, out, args.seed, args.scale, plans)
     ok = all(ratio <= MARGIN for r in results.values() for ratio in r["ratio_h15"].values())
+    ok = ok and all(a["mean_return"] >= AGENT_CHECK for a in agents.values())
 
     if not args.no_export:
         from rssm_tf_export.exporter import export_model
@@ -174,15 +269,28 @@ def main() -> int:
                 ok = ok and manifest["parity"]["passed"]
         print(f"exported to {out / 'export'}: saved_model/<name>/<version>/, onnx/, "
               "litert/, manifest.json, parity.json")
+        if args.runs[-1] in agents:  # the actor deployed: ONNX Runtime alone
+            agent = agents[args.runs[-1]]
+            returns = exported_actor_returns(out / "export", agent["env"], args.seed,
+                                             len(agent["evaluations"][-1]["returns"]))
+            agent["onnx_mean_return"] = float(sum(returns) / len(returns))
+            print(f"[{args.runs[-1]}] the exported actor on ONNX Runtime: "
+                  f"{agent['onnx_mean_return']:.1f} on the evaluation seeds (Keras "
+                  f"{agent['mean_return']:.1f}; must be >= {AGENT_CHECK})")
+            ok = ok and agent["onnx_mean_return"] >= AGENT_CHECK
 
     runs = {run: {f"{k}_h{h}": r[k][h - 1] for key in r["keys"]
                   for k in (f"{key}_mse", f"mean_{key}_mse") for h in (1, 15)}
             | {"ratio_h15": r["ratio_h15"], "updates": r["updates"],
                "fit_seconds": r["fit_seconds"]}
             for run, r in results.items()}
+    runs.update({run: {k: a[k] for k in ("env_steps", "updates", "mean_return", "std_return",
+                                          "train_seconds", "onnx_mean_return") if k in a}
+                 for run, a in agents.items()})
     seconds = round(time.time() - start)
     summary = {"plans": "full" if args.full else "quick", "seconds": seconds,
-               "margin": MARGIN, "passed": bool(ok), "runs": runs}
+               "margin": MARGIN, "agent_check": AGENT_CHECK, "passed": bool(ok),
+               "runs": runs}
     if not args.no_export:
         summary["parity_max_abs_diff"] = manifest["parity"]["max_abs_diff"]
     write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
