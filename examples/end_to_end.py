@@ -90,12 +90,13 @@ PLANS = {
 # The agent (world model + actor + critic, D = H = 128, actor and critic 3 x 128):
 # train ratio 128 (replayed steps per environment step; DreamerV3's default for
 # proprioceptive tasks is 512), imagination from the last 16 steps of each 64-step
-# window (256 starts: a quarter of the update's cost, DreamerV3's ``imag_last``), and
-# actor and critic learning rates 1e-4 (DreamerV3: 3e-5; at 3e-5 the actor of this
-# short run was still at a random policy's return after 250 updates). It stops at the
-# first evaluation reaching ``stop_at``, else after ``steps`` environment steps.
+# window (256 starts instead of 1024, DreamerV3's ``imag_last``), and actor and critic
+# learning rates 1e-4 (DreamerV3: 3e-5; at 3e-5 the actor of this short run was still
+# at a random policy's return after 250 updates). It stops at the first evaluation
+# reaching ``stop_at``, else after ``steps`` environment steps. Measured with seeds 0,
+# 1, 2 at about 2500-2700 steps: mean returns 289, 238 and 129.
 AGENT_PLANS = {
-    "CartPole-agent": dict(env="CartPole-v1", steps=3000, train_ratio=128, imag_last=16,
+    "CartPole-agent": dict(env="CartPole-v1", steps=2500, train_ratio=128, imag_last=16,
                            units=128, lr=3e-4, actor_lr=1e-4, critic_lr=1e-4,
                            eval_every=500, stop_at=300.0),
 }
