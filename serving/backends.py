@@ -107,16 +107,17 @@ def choose_providers(available: list[str], wanted: list[str] | None = None) -> l
 
 
 class _FileBackend:
-    """A runtime that opens ``DIRECTORY/<signature>.onnx`` on first use, one compiled
+    """A runtime that opens ``DIRECTORY/<signature><suffix>`` on first use, one loaded
     model per signature; subclasses say how to open a file and run it."""
 
     name = ""
-    runtime = ""
+    runtime = ""  # who loads the files, for messages
+    kind, suffix, hint = "ONNX", ".onnx", "export with ONNX"  # the files
 
-    def __init__(self, onnx_dir: str | os.PathLike) -> None:
-        self.onnx_dir = Path(onnx_dir)
-        if not self.onnx_dir.is_dir():
-            raise ServingError(f"{self.onnx_dir}: no ONNX directory (export with ONNX)")
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise ServingError(f"{self.directory}: no {self.kind} directory ({self.hint})")
         self.sessions: dict[str, Any] = {}
 
     def _open(self, path: Path) -> Any:
@@ -124,9 +125,9 @@ class _FileBackend:
 
     def _session(self, signature: str) -> Any:
         if signature not in self.sessions:
-            path = self.onnx_dir / f"{signature}.onnx"
+            path = self.directory / f"{signature}{self.suffix}"
             if not path.is_file():
-                raise ServingError(f"signature {signature!r} has no ONNX file: {path}")
+                raise ServingError(f"signature {signature!r} has no {self.kind} file: {path}")
             try:
                 self.sessions[signature] = self._open(path)
             except Exception as error:  # each runtime raises its own exception types
@@ -301,7 +302,7 @@ class SessionBackend:
         self.session.close()
 
 
-class LiteRtBackend:
+class LiteRtBackend(_FileBackend):
     """The LiteRT (TensorFlow Lite) interpreter of ``ai-edge-litert`` on
     ``EXPORT/litert/<signature>.tflite``: ``obs_step_noise``, ``obs_step_mode``,
     ``imagine_step_noise``, ``imagine_step_mode`` and ``predict``.
@@ -317,6 +318,8 @@ class LiteRtBackend:
     """
 
     name = "litert"
+    runtime = "LiteRT"
+    kind, suffix, hint = "LiteRT", ".tflite", "export with --litert"
     FILES = ("obs_step_noise", "obs_step_mode", "imagine_step_noise", "imagine_step_mode",
              "predict")
 
@@ -331,29 +334,16 @@ class LiteRtBackend:
         except ImportError:
             raise ServingError('the LiteRT backend needs ai-edge-litert: pip install '
                                '"rssm-tf[litert]"') from None
-        self.litert_dir = Path(litert_dir)
-        if not self.litert_dir.is_dir():
-            raise ServingError(f"{self.litert_dir}: no LiteRT directory (export with "
-                               "--litert)")
+        super().__init__(litert_dir)
         self._interpreter, self.threads = Interpreter, threads
         self.rng = np.random.default_rng(seed)
-        self.runners: dict[str, Any] = {}
 
-    def _runner(self, signature: str) -> Any:
-        if signature not in self.runners:
-            path = self.litert_dir / f"{signature}.tflite"
-            if not path.is_file():
-                raise ServingError(f"signature {signature!r} has no LiteRT file: {path}")
-            try:
-                interpreter = self._interpreter(model_path=str(path),
-                                                num_threads=self.threads)
-                self.runners[signature] = interpreter.get_signature_runner(signature)
-            except Exception as error:  # the interpreter raises ValueError/RuntimeError
-                raise ServingError(f"{path}: LiteRT cannot load it: {error}") from None
-        return self.runners[signature]
+    def _open(self, path: Path) -> Any:
+        interpreter = self._interpreter(model_path=str(path), num_threads=self.threads)
+        return interpreter.get_signature_runner(path.stem)
 
     def _run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        runner = self._runner(signature)
+        runner = self._session(signature)
         names = runner.get_input_details()
         return {k: np.array(v) for k, v in runner(**{k: inputs[k] for k in names}).items()}
 
@@ -367,7 +357,7 @@ class LiteRtBackend:
                 raise ServingError("act on LiteRT draws the actor's noise here: pass "
                                    "actor_noise (the manifest's actor.noise), or call "
                                    "act_noise / act_mode")
-            shape = (inputs["h"].shape[0], self._runner("act_noise")
+            shape = (inputs["h"].shape[0], self._session("act_noise")
                      .get_input_details()["noise"]["shape_signature"][1])
             noise = self.rng.uniform(1e-6, 1 - 1e-6, shape) \
                 if self.actor_noise == "uniform" else self.rng.standard_normal(shape)
@@ -382,7 +372,7 @@ class LiteRtBackend:
         return self._run(signature, inputs)
 
     def _noise_shape(self, base: str, inputs: dict[str, np.ndarray]) -> list[int]:
-        details = self._runner("imagine_step_noise").get_input_details()["noise"]
+        details = self._session("imagine_step_noise").get_input_details()["noise"]
         groups, classes = (int(v) for v in details["shape_signature"][1:])
         lead = list(inputs["actions"].shape[:2]) if base == "imagine" else \
             [inputs["h"].shape[0]]
