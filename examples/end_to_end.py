@@ -12,12 +12,15 @@ state a single frame cannot show; ``--runs CartPole-v1`` adds CartPole's state v
    by side, ``imagination_frames_epoch<N>.png``; an atomic checkpoint
    ``OUT/<run>/model.keras``);
 3. evaluate open-loop prediction on the held-out episodes against a mean predictor
-   (per dimension, or the per-pixel mean frame) (``OUT/<run>/open_loop.json``);
-Then the agent run, ``CartPole-agent``: a DreamerV3 agent (world model, actor and
-critic trained in imagination, :class:`rssm_tf.Dreamer`) collects CartPole-v1 with its
-actor and trains at a train ratio, evaluating the actor's mode on 10 episodes every
+   (per dimension, or the per-pixel mean frame) (``OUT/<run>/open_loop.json``).
+
+The agent run, ``CartPole-agent``: a DreamerV3 agent (world model, actor and critic
+trained in imagination, :class:`rssm_tf.Dreamer`) collects CartPole-v1 with its actor
+and trains at a train ratio, evaluating the actor's mode on 10 episodes every
 ``eval_every`` environment steps (``OUT/CartPole-agent/agent.json``; the checkpoint
 ``OUT/CartPole-agent/model.keras``, resumed when run again).
+
+Then:
 
 4. export the models: ``OUT/export/saved_model/<name>/<version>/``; for the last run
    (the agent) also ``OUT/export/onnx/``, ``OUT/export/litert/`` and the parity
