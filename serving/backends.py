@@ -193,6 +193,9 @@ class OpenVinoBackend(_FileBackend):
 
     def __init__(self, onnx_dir: str | os.PathLike, device: str = "CPU",
                  threads: int | None = None) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ServingError(f"threads must be a positive integer or None, got {threads!r}")
         try:
             import openvino
         except ImportError:
@@ -204,7 +207,7 @@ class OpenVinoBackend(_FileBackend):
             raise ServingError(f"device must be one of OpenVINO's devices here "
                                f"{self._core.available_devices}, got {device!r}")
         self.device = device
-        self.config = {} if threads is None else {"INFERENCE_NUM_THREADS": int(threads)}
+        self.config = {} if threads is None else {"INFERENCE_NUM_THREADS": threads}
 
     def _open(self, path: Path) -> Any:
         compiled = self._core.compile_model(str(path), self.device, self.config)

@@ -308,6 +308,9 @@ def test_openvino_backend_names_its_device_threads_and_missing_files(exported, t
         OpenVinoBackend(out / "onnx", device="TPU")
     with pytest.raises(ServingError, match="no ONNX directory"):
         OpenVinoBackend(tmp_path / "nowhere")
+    with pytest.raises(ServingError, match="threads must be a positive integer or None, "
+                                           "got 0"):
+        OpenVinoBackend(out / "onnx", threads=0)
     backend = OpenVinoBackend(out / "onnx", threads=1)
     assert backend.sessions == {}  # compiled on first use
     h = np.random.default_rng(0).normal(size=(2, 32)).astype("f")
