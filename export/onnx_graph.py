@@ -26,19 +26,6 @@ import onnx
 _CONTROL_INPUTS = 2
 
 
-def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Every node input ``old`` of ``graph`` and of its subgraphs reads ``new``."""
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                _rename_uses(attribute.g, old, new)
-            for sub in attribute.graphs:
-                _rename_uses(sub, old, new)
-
-
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     out = []
     for attribute in node.attribute:
@@ -46,6 +33,16 @@ def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
             out.append(attribute.g)
         out.extend(attribute.graphs)
     return out
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node input ``old`` of ``graph`` and of its subgraphs reads ``new``."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for sub in _subgraphs(node):
+            _rename_uses(sub, old, new)
 
 
 def hoist_loop_invariants(graph: onnx.GraphProto) -> int:
