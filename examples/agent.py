@@ -45,7 +45,11 @@ SIZES = dict(deterministic_size=256, n_categories=16, n_classes=16, hidden_size=
 
 
 def build(env_id: str, seed: int, units: int, lr: float, imag_last: int = 0,
-          actor_lr: float = 3e-5) -> Dreamer:
+          actor_lr: float = 3e-5, critic_lr: float = 3e-5,
+          sizes: dict | None = None) -> Dreamer:
+    """A compiled ``Dreamer`` for ``env_id``'s observations and actions: the world model
+    of ``sizes`` (default :data:`SIZES`), actor and critic of ``units``, Adam at ``lr``
+    for the world model."""
     env, observe = make_env(env_id)
     try:
         obs = observe(env.reset(seed=seed)[0])
@@ -54,30 +58,38 @@ def build(env_id: str, seed: int, units: int, lr: float, imag_last: int = 0,
     discrete, action_dim, low, high = action_bounds(env_id)
     space = {k: tuple(obs[k].shape) for k in observation_keys({k: v.shape for k, v in
                                                                obs.items()})}
-    config = RssmConfig(obs_space=space, action_dim=action_dim, **SIZES)
+    config = RssmConfig(obs_space=space, action_dim=action_dim, **(sizes or SIZES))
     behavior = BehaviorConfig(discrete=discrete, units=units, imag_last=imag_last,
-                              actor_lr=actor_lr)
+                              actor_lr=actor_lr, critic_lr=critic_lr)
     model = Dreamer(config, behavior, action_low=low, action_high=high, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(lr, epsilon=1e-8, global_clipnorm=1000.0))
     return model
+
+
+def exported_actor_returns(export_dir: Path, env_id: str, seed: int, episodes: int
+                           ) -> list[float]:
+    """The exported actor's mode, on ONNX Runtime alone, on ``train_agent``'s evaluation
+    seeds (:func:`rssm_tf.agent.eval_seed`)."""
+    from rssm_tf_serving.client import WorldModelClient
+    from rssm_tf_serving.planner import ClientActor
+
+    from rssm_tf.agent import eval_seed, run_episodes
+
+    client = WorldModelClient.from_export(export_dir, "onnx")
+    results = run_episodes(env_id, ClientActor(client, sample=False), episodes,
+                           seed=eval_seed(seed))
+    return [float(r["return"]) for r in results]
 
 
 def evaluate_export(env_id: str, run: Path, seed: int, episodes: int) -> dict:
     """Exports ``run/agent.keras`` into a fresh version under ``run/export`` and runs the
     exported actor's mode with ONNX Runtime on ``train_agent``'s evaluation seeds."""
     from rssm_tf_export.exporter import export_model
-    from rssm_tf_serving.client import WorldModelClient
-    from rssm_tf_serving.planner import ClientActor
-
-    from rssm_tf.agent import eval_seed, run_episodes
 
     t0 = time.time()
     manifest = export_model(run / "agent.keras", run / "export", name="agent", verbose=False)
     exported = time.time() - t0
-    client = WorldModelClient.from_export(run / "export", "onnx")
-    results = run_episodes(env_id, ClientActor(client, sample=False), episodes,
-                           seed=eval_seed(seed))
-    returns = [float(r["return"]) for r in results]
+    returns = exported_actor_returns(run / "export", env_id, seed, episodes)
     return {"backend": "onnx", "version": manifest["version"],
             "parity_passed": manifest["parity"]["passed"], "export_seconds": round(exported, 1),
             "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),

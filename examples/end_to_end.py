@@ -53,12 +53,13 @@ import quiet_tf  # noqa: F401
 
 # isort: split
 import keras
+from agent import build as build_agent
+from agent import exported_actor_returns
 
-from rssm_tf import BehaviorConfig, Dreamer, RssmConfig
-from rssm_tf.agent import action_bounds, eval_seed, run_episodes, train_agent
+from rssm_tf.agent import train_agent
 from rssm_tf.atomic import write_atomic
 from rssm_tf.callbacks import ImaginationCallback, NonFiniteGuard
-from rssm_tf.collect import collect, make_env
+from rssm_tf.collect import collect
 from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset
 from rssm_tf.saving import AtomicModelCheckpoint, save_world_model
 from rssm_tf.world_model import WorldModel, evaluate_open_loop
@@ -187,21 +188,9 @@ def run_agent(run: str, out: Path, seed: int, scale: float, plan: dict) -> dict:
     and returns its evaluations, steps and time."""
     env_id, root = plan["env"], out / run
     root.mkdir(parents=True, exist_ok=True)
-    discrete, action_dim, low, high = action_bounds(env_id)
-    env, observe = make_env(env_id)
-    try:
-        obs = observe(env.reset(seed=seed)[0])
-    finally:
-        env.close()
     keras.utils.set_random_seed(seed)
-    config = RssmConfig(obs_space={k: v.shape for k, v in obs.items()},
-                        action_dim=action_dim, **SIZES)
-    behavior = BehaviorConfig(discrete=discrete, units=plan["units"],
-                              imag_last=plan["imag_last"], actor_lr=plan["actor_lr"],
-                              critic_lr=plan["critic_lr"])
-    model = Dreamer(config, behavior, action_low=low, action_high=high, seed=seed)
-    model.compile(optimizer=keras.optimizers.Adam(plan["lr"], epsilon=1e-8,
-                                                  global_clipnorm=1000.0))
+    model = build_agent(env_id, seed, plan["units"], plan["lr"], plan["imag_last"],
+                        plan["actor_lr"], plan["critic_lr"], sizes=SIZES)
     print(f"[{run}] a Dreamer on {env_id}: train ratio {plan['train_ratio']}, imagination "
           f"from the last {plan['imag_last']} steps of each window, up to "
           f"{int(plan['steps'] * scale)} environment steps or a return of {plan['stop_at']}")
@@ -220,19 +209,6 @@ def run_agent(run: str, out: Path, seed: int, scale: float, plan: dict) -> dict:
     print(f"[{run}] last evaluation: {last['mean_return']:.1f} +- {last['std_return']:.1f} "
           f"after {last['env_steps']} environment steps (must be >= {AGENT_CHECK})")
     return result
-
-
-def exported_actor_returns(export_dir: Path, env_id: str, seed: int, episodes: int
-                           ) -> list[float]:
-    """The exported actor's mode, on ONNX Runtime alone, on the agent's evaluation
-    seeds (:func:`rssm_tf.agent.eval_seed`)."""
-    from rssm_tf_serving.client import WorldModelClient
-    from rssm_tf_serving.planner import ClientActor
-
-    client = WorldModelClient.from_export(export_dir, "onnx")
-    results = run_episodes(env_id, ClientActor(client, sample=False), episodes,
-                           seed=eval_seed(seed))
-    return [float(r["return"]) for r in results]
 
 
 def main() -> int:
