@@ -285,7 +285,10 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
                               "max_abs_diff": {k: v["max_abs_diff"]
                                                for k, v in report["backends"].items()},
                               "max_scaled_diff": {k: v["max_scaled_diff"]
-                                                  for k, v in report["backends"].items()}}
+                                                  for k, v in report["backends"].items()},
+                              "chain_tolerance": report["chain_tolerance"],
+                              "chain_drift": {k: v["chain_drift"]
+                                              for k, v in report["backends"].items()}}
     write_json(out / "manifest.json", manifest)
     log(f"export: done: {saved}" + (f", {onnx_dir}" if onnx_dir else "")
         + (f", {litert_dir}" if litert_dir else ""))

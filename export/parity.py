@@ -10,6 +10,14 @@ files, when ``openvino`` is installed) and ``litert`` (the LiteRT interpreter). 
 backend and case it records the largest absolute difference of every continuous output
 from the reference and whether every ``z`` is identical; the report passes when all
 ``z`` match and every difference is within the tolerance: ``|diff| <= 1e-5 * max(1, |reference|)``.
+
+Rollouts run twice. Free-running (``rollout_*``), each backend feeds its own outputs
+back as a deployed client does: ``z`` must stay identical, but the continuous outputs
+carry each step's rounding into the next, and through an actor's continuous
+``action_next`` fed back as the next action this compounds (tf.function against eager,
+the same kernels, reached 9.5e-6 after 8 steps of a trained Pendulum agent), so they are
+held to ``CHAIN_TOLERANCE`` 1e-4. Per step (``rollout_*_per_step``), every step starts
+from the reference's own carry, and is held to 1e-5 like every single call.
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ from rssm_tf_export.runner import (
     litert_cases,
     load_arrays,
     make_cases,
+    per_step_cases,
     run_all,
     save_cases,
 )
 from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend, OpenVinoBackend
 
 TOLERANCE = 1e-5
+CHAIN_TOLERANCE = 1e-4
 Z_KEYS = ("z_next", "z_seq")
 
 
@@ -100,7 +110,9 @@ def compare(reference: dict[str, dict], other: dict[str, dict]) -> dict[str, Any
 
     The pass criterion is ``|diff| <= TOLERANCE * max(1, |reference|)``: absolute 1e-5
     for values up to 1, relative beyond (a decoded reward of -10 carries float32
-    rounding of ~1e-6 times its size, and symexp multiplies that by |reward| + 1).
+    rounding of ~1e-6 times its size, and symexp multiplies that by |reward| + 1);
+    free-running rollouts (``rollout_*`` without ``_per_step``) are held to
+    ``CHAIN_TOLERANCE`` instead and summarised apart as ``chain_drift``.
     """
     cases = {}
     for case, ref in reference.items():
@@ -115,12 +127,23 @@ def compare(reference: dict[str, dict], other: dict[str, dict]) -> dict[str, Any
                 scaled[key] = float((error / np.maximum(1.0, np.abs(value))).max())
         cases[case] = {"max_abs_diff": diffs, "max_scaled_diff": scaled,
                        "z_identical": z_equal}
-    worst = max((d for c in cases.values() for d in c["max_abs_diff"].values()), default=0.0)
-    worst_scaled = max((d for c in cases.values() for d in c["max_scaled_diff"].values()),
-                       default=0.0)
+
+    def worst(part: str, chains: bool) -> float:
+        return max((d for name, c in cases.items() if _is_chain(name) == chains
+                    for d in c[part].values()), default=0.0)
+
     z_all = all(c["z_identical"] for c in cases.values())
-    return {"cases": cases, "max_abs_diff": worst, "max_scaled_diff": worst_scaled,
-            "z_identical": z_all, "passed": z_all and worst_scaled <= TOLERANCE}
+    result = {"cases": cases, "max_abs_diff": worst("max_abs_diff", False),
+              "max_scaled_diff": worst("max_scaled_diff", False),
+              "chain_drift": worst("max_scaled_diff", True), "z_identical": z_all}
+    result["passed"] = (z_all and result["max_scaled_diff"] <= TOLERANCE
+                        and result["chain_drift"] <= CHAIN_TOLERANCE)
+    return result
+
+
+def _is_chain(case: str) -> bool:
+    """A free-running rollout: each step fed the backend's own previous outputs."""
+    return case.startswith("rollout_") and not case.endswith("_per_step")
 
 
 def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | None,
@@ -135,13 +158,19 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
     if module.actor is not None:
         dims["actor"] = "discrete" if module.actor.behavior.discrete else "continuous"
     cases = make_cases(dims, batch, rollout, horizon, seed)
+    eager = _tf_call(module, "eager")
+    # the per-step cases start every step from the reference's rollouts (a few steps)
+    reference = run_all(eager, {n: c for n, c in cases.items() if "steps" in c})
+    cases.update(per_step_cases(cases, reference))
     loaders = (("savedmodel", "tf2"), ("savedmodel_session", "session"))
     with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
         # the fresh processes start first and run while this one computes
         fresh = {row: pool.submit(savedmodel_in_fresh_process, saved_model_dir, cases, loader)
                  for row, loader in loaders} if saved_model_dir is not None else {}
-        reference = run_all(_tf_call(module, "eager"), cases)
-        report: dict[str, Any] = {"tolerance": TOLERANCE, "reference": "eager",
+        reference.update(run_all(eager, {n: c for n, c in cases.items()
+                                         if n not in reference}))
+        report: dict[str, Any] = {"tolerance": TOLERANCE, "chain_tolerance": CHAIN_TOLERANCE,
+                                  "reference": "eager",
                                   "batch": batch, "rollout_steps": rollout, "horizon": horizon,
                                   "cases": {name: case["signature"]
                                             for name, case in cases.items()},
@@ -170,14 +199,15 @@ def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a text table: one row per backend."""
     lines = [f"parity against the Keras model (eager); |diff| <= {report['tolerance']:g} * "
-             "max(1, |value|), "
+             "max(1, |value|) per call and per step, "
+             f"{report['chain_tolerance']:g} along free-running rollouts; "
              f"batch {report['batch']}, rollout {report['rollout_steps']} steps, "
              f"imagine {report['horizon']} steps",
-             f"{'backend':<18} {'max |diff|':>11} {'scaled':>9} {'z identical':>12} "
-             f"{'result':>7}"]
+             f"{'backend':<18} {'max |diff|':>11} {'scaled':>9} {'chain drift':>12} "
+             f"{'z identical':>12} {'result':>7}"]
     for name, result in report["backends"].items():
         lines.append(f"{name:<18} {result['max_abs_diff']:>11.3g} "
-                     f"{result['max_scaled_diff']:>9.3g} "
+                     f"{result['max_scaled_diff']:>9.3g} {result['chain_drift']:>12.3g} "
                      f"{str(result['z_identical']):>12} "
                      f"{'ok' if result['passed'] else 'FAIL':>7}")
     lines.append("parity: " + ("passed" if report["passed"] else "FAILED"))

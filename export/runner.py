@@ -6,7 +6,9 @@ check) and the ONNX Runtime check run exactly the same cases as the Keras model.
 A case is ``{"signature": name, "inputs": {name: array}}``; a rollout case also has
 ``"steps": {name: array [N, ...]}``, fed one step at a time while ``h``/``z`` come
 from the previous step's ``h_next``/``z_next`` (and, for the actor's ``act*``, the
-``action`` from its ``action_next``: the loop a deployed agent runs).
+``action`` from its ``action_next``: the loop a deployed agent runs). A per-step case
+(:func:`per_step_cases`) also has ``"carry": {name: array [N, ...]}``: step t starts
+from the reference's carry of that step instead of the backend's own.
 """
 
 from __future__ import annotations
@@ -121,6 +123,26 @@ def litert_cases(cases: dict[str, dict]) -> dict[str, dict]:
             if not case["signature"].startswith("plan_") and case["signature"] != "decode"}
 
 
+CARRIED = {"h": "h_next", "z": "z_next", "action": "action_next"}  # input <- output
+
+
+def per_step_cases(cases: dict[str, dict], reference: dict[str, dict]) -> dict[str, dict]:
+    """For each rollout case ``name``, ``name + "_per_step"``: the same steps, each
+    starting from the carry (``h``, ``z``, the actor's ``action``) that ``reference``
+    (that case's outputs, stacked over the steps) fed into it. A backend's outputs
+    then differ from the reference's by one step's rounding, not by the rounding the
+    free-running rollout compounds through its fed-back continuous outputs."""
+    forced = {}
+    for name, case in cases.items():
+        if "steps" not in case:
+            continue
+        ref = reference[name]
+        carry = {k: np.concatenate([np.asarray(case["inputs"][k])[None], ref[out][:-1]])
+                 for k, out in CARRIED.items() if k in case["inputs"] and out in ref}
+        forced[f"{name}_per_step"] = {**case, "carry": carry}
+    return forced
+
+
 def run_case(call: Call, case: dict) -> dict[str, np.ndarray]:
     """Outputs of one case through ``call(signature, inputs)``; rollouts stack each
     output over the steps ([N, ...])."""
@@ -130,12 +152,11 @@ def run_case(call: Call, case: dict) -> dict[str, np.ndarray]:
     outputs: dict[str, list] = {}
     count = len(next(iter(case["steps"].values())))
     for t in range(count):
+        carry.update({k: v[t] for k, v in case.get("carry", {}).items()})
         out = call(case["signature"], {**carry, **{k: v[t] for k, v in case["steps"].items()}})
         for key, value in out.items():
             outputs.setdefault(key, []).append(np.asarray(value))
-        carry["h"], carry["z"] = np.asarray(out["h_next"]), np.asarray(out["z_next"])
-        if "action_next" in out:
-            carry["action"] = np.asarray(out["action_next"])
+        carry.update({k: np.asarray(out[o]) for k, o in CARRIED.items() if o in out})
     return {k: np.stack(v) for k, v in outputs.items()}
 
 

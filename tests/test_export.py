@@ -22,7 +22,7 @@ from rssm_tf_export.exporter import (
 from rssm_tf_export.module import ACTOR_SIGNATURES
 from rssm_tf_export.module import SIGNATURES as WORLD_MODEL_SIGNATURES
 from rssm_tf_export.parity import onnx_call
-from rssm_tf_export.runner import make_cases, run_all, run_case
+from rssm_tf_export.runner import make_cases, per_step_cases, run_all, run_case
 from rssm_tf_serving.backends import (
     LiteRtBackend,
     OnnxBackend,
@@ -92,7 +92,8 @@ def test_parity_report_passes_on_every_backend(exported):
         assert backend["z_identical"] and backend["max_scaled_diff"] <= 1e-5
         assert backend["max_abs_diff"] <= 1e-5  # this model's values stay below 1
         assert {"rollout_obs_step_noise", "imagine_noise", "rollout_act_noise",
-                "act_mode"} <= set(backend["cases"])
+                "rollout_act_noise_per_step", "act_mode"} <= set(backend["cases"])
+        assert backend["chain_drift"] <= 1e-4
 
 
 @pytest.mark.parametrize("loader", ["session", "tf2"])
@@ -201,6 +202,59 @@ def test_parity_check_fails_on_outputs_that_differ(exported, model_path):
     flipped = {c: {k: (v[::-1] if k == "z_next" else v) for k, v in o.items()}
                for c, o in reference.items()}
     assert not compare(reference, flipped)["z_identical"]
+
+
+def _linear_actor(bias: float):
+    """A stand-in ``act_noise`` for the runner: ``h' = 1.5 h + obs + bias``, ``z' = z``,
+    ``action' = 2 action + noise + bias``; ``bias`` is one step's "rounding"."""
+    def call(name, inputs):
+        assert name == "act_noise"
+        return {"h_next": 1.5 * inputs["h"] + inputs["obs"] + bias, "z_next": inputs["z"],
+                "action_next": 2.0 * inputs["action"] + inputs["noise"] + bias}
+    return call
+
+
+def test_per_step_cases_start_each_step_from_the_reference_and_free_chains_compound():
+    from rssm_tf_export.parity import CHAIN_TOLERANCE, TOLERANCE, compare
+
+    zeros = {"h": np.zeros((1, 1)), "z": np.ones((1, 2)), "action": np.zeros((1, 1))}
+    steps = {"obs": np.array([1.0, 0.0, 0.0]).reshape(3, 1, 1),
+             "noise": np.array([0.5, 0.0, 0.0]).reshape(3, 1, 1)}
+    cases = {"rollout_act_noise": {"signature": "act_noise", "inputs": zeros,
+                                   "steps": steps}}
+    reference = run_all(_linear_actor(0.0), cases)
+    # by hand: h 0 -> 1 -> 1.5 -> 2.25; action 0 -> 0.5 -> 1 -> 2
+    np.testing.assert_array_equal(reference["rollout_act_noise"]["h_next"].ravel(),
+                                  [1.0, 1.5, 2.25])
+    np.testing.assert_array_equal(reference["rollout_act_noise"]["action_next"].ravel(),
+                                  [0.5, 1.0, 2.0])
+    forced = per_step_cases(cases, reference)
+    carry = forced["rollout_act_noise_per_step"]["carry"]
+    np.testing.assert_array_equal(carry["h"].ravel(), [0.0, 1.0, 1.5])
+    np.testing.assert_array_equal(carry["action"].ravel(), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(carry["z"], np.ones((3, 1, 2)))
+    cases.update(forced)
+    reference.update(run_all(_linear_actor(0.0), forced))
+    # a backend off by e per step: per step e; free-running, h' - h = e (1 + 1.5 + 2.25)
+    # and the action's e (1 + 2 + 4) after three steps
+    e = 4e-6
+    got = run_all(_linear_actor(e), cases)
+    result = compare(reference, got)
+    per_step = result["cases"]["rollout_act_noise_per_step"]["max_abs_diff"]
+    assert per_step == {"h_next": pytest.approx(e), "action_next": pytest.approx(e)}
+    chain = result["cases"]["rollout_act_noise"]["max_scaled_diff"]
+    assert chain["h_next"] == pytest.approx(e * 4.75 / 2.25)
+    assert chain["action_next"] == pytest.approx(e * 7 / 2)
+    assert result["max_scaled_diff"] == pytest.approx(e)
+    assert result["chain_drift"] == pytest.approx(14e-6)
+    assert TOLERANCE < result["chain_drift"] < CHAIN_TOLERANCE and result["passed"]
+    # the per-step gate is 1e-5; the free chains' 1e-4
+    assert not compare(reference, run_all(_linear_actor(3e-5), cases))["passed"]
+    loose = compare(reference, run_all(_linear_actor(5e-6), cases))
+    assert loose["passed"] and loose["chain_drift"] == pytest.approx(17.5e-6)
+    drifting = run_all(_linear_actor(6e-5), {"rollout_act_noise": cases["rollout_act_noise"]})
+    drifting.update({n: reference[n] for n in forced})  # exact per step, the chain drifts
+    assert not compare(reference, drifting)["passed"]
 
 
 def test_export_exits_1_when_parity_fails(model_path, tmp_path, monkeypatch, capsys):
