@@ -19,7 +19,7 @@ PAGE = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- results: begin (benchmarks/report.py) -->", "<!-- results: end -->"
 ORDER = ("train_speed", "profile_update", "serving_latency", "serving_latency_imagine",
          "serving_latency_plan", "serving_load", "data_pipeline", "data_pipeline_compressed",
-         "end_to_end", "behavior_update", "agent")
+         "end_to_end", "behavior_update", "agent", "pendulum_optimum")
 
 
 def rank(path: Path) -> tuple[int, str]:
