@@ -5,7 +5,8 @@
         --out out/agent
     sheeprl exp=dreamer_v3 algo=dreamer_v3_XS env=gym env.id=CartPole-v1 ... > sheeprl.log
     python benchmarks/agent_report.py --runs out/agent/CartPole-v1 out/agent/Pendulum-v1 \\
-        --sheeprl CartPole-v1=sheeprl.log
+        --sheeprl CartPole-v1=sheeprl.log \\
+        --main-example benchmarks/results/end_to_end_full.json
 
 For each ``examples/agent.py`` run (its ``agent.json``): the evaluations (mean return of
 the actor's mode over 10 episodes, environment steps, wall time), the exported actor's
@@ -13,7 +14,11 @@ return on ONNX Runtime on the same seeds, and, re-run here from the run's checkp
 actor's return on the 10 evaluation seeds of ``examples/plan.py`` (so it stands beside
 the planner's returns on those seeds, given with ``--planner ENV=MEAN,STD,STEPS``). For
 a sheeprl DreamerV3 log: its training episodes' returns near the same environment-step
-budget and its own test episode. Writes ``benchmarks/results/agent.{json,md}``.
+budget and its own test episode, with its wall time when given (``--sheeprl-seconds
+ENV=S``: the log has no clock). ``--main-example``:
+the main example's agent (``benchmarks/end_to_end.py --full``'s results) as a row; its
+environment steps are then the budget sheeprl's row is read at. Writes
+``benchmarks/results/agent.{json,md}``.
 """
 
 from __future__ import annotations
@@ -62,18 +67,56 @@ def sheeprl_summary(log: Path, budget: int) -> dict:
             "test_return": float(test[-1]) if test else None}
 
 
+def sheeprl_row(env_id: str, log: Path, rows: list, evals: list[dict],
+                budget_run: dict | None, seconds: float | None) -> dict:
+    """sheeprl's returns at the budget (the main example's agent's steps, else the
+    run's best evaluation), as a row beside ours at the same steps."""
+    if budget_run is not None:
+        ours = {"env_steps": budget_run["env_steps"], "mean_return": budget_run["mean_return"]}
+    else:
+        ours = max(evals, key=lambda e: e["mean_return"])
+    peer = sheeprl_summary(log, ours["env_steps"])
+    steps = min(peer["last_step"], ours["env_steps"])
+    if budget_run is None:
+        ours = min((e for e in evals if e["env_steps"] >= steps),
+                   key=lambda e: e["env_steps"], default=ours)
+    peer.update(rssm_tf_at_budget=ours, seconds=seconds)
+    returns = (f"{peer['last10_mean_return']:.1f} +- {peer['last10_std_return']:.1f}"
+               if peer["last10_mean_return"] is not None else "-")
+    rows.append([env_id, "sheeprl DreamerV3 (XS, last 10 training episodes)", steps,
+                 seconds or "", returns, "",
+                 f"test episode: {peer['test_return'] or 'not reached'}; rssm_tf at "
+                 f"{ours['env_steps']} steps: {ours['mean_return']:.1f}"])
+    return peer
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", required=True, help="examples/agent.py run dirs")
     parser.add_argument("--sheeprl", nargs="*", default=[], help="ENV=path/to/sheeprl.log")
     parser.add_argument("--planner", nargs="*", default=[],
                         help="ENV=MEAN,STD,ENV_STEPS of examples/plan.py's Keras planner")
+    parser.add_argument("--sheeprl-seconds", nargs="*", default=[],
+                        help="ENV=SECONDS: the sheeprl run's wall time")
+    parser.add_argument("--main-example", default=None,
+                        help="benchmarks/results/end_to_end_full.json (its agent run)")
     parser.add_argument("--note", default="", help="a sentence on how the runs were made")
     args = parser.parse_args()
     sheeprl = dict(item.split("=", 1) for item in args.sheeprl)
+    sheeprl_seconds = {k: float(v) for k, v in
+                       (item.split("=", 1) for item in args.sheeprl_seconds)}
+    budgets: dict[str, dict] = {}  # env -> the main example's agent at its stop
     planner = {k: [float(x) for x in v.split(",")]
                for k, v in (item.split("=", 1) for item in args.planner)}
     report, rows = {"runs": {}}, []
+    if args.main_example:
+        main_run = json.loads(Path(args.main_example).read_text())["runs"]["CartPole-agent"]
+        budgets["CartPole-v1"] = main_run
+        report["main_example"] = main_run
+        rows.append(["CartPole-v1", "rssm_tf Dreamer, the main example's agent (--full)",
+                     main_run["env_steps"], main_run["train_seconds"],
+                     f"{main_run['mean_return']:.1f} +- {main_run['std_return']:.1f}", "",
+                     f"exported actor on ONNX Runtime: {main_run['onnx_mean_return']:.1f}"])
     for run in map(Path, args.runs):
         if (run / "agent.json").is_file():  # the run finished
             summary = json.loads((run / "agent.json").read_text())
@@ -105,18 +148,13 @@ def main() -> int:
             rows.append([env_id, "CEM planner (examples/plan.py, Keras)", int(steps), "", "",
                          f"{mean:.1f} +- {std:.1f}", "from --planner (an earlier plan.py run)"])
         if env_id in sheeprl:
-            peer = sheeprl_summary(Path(sheeprl[env_id]), best["env_steps"])
-            entry["sheeprl"] = peer
-            steps = min(peer["last_step"], best["env_steps"])
-            ours = min((e for e in evals if e["env_steps"] >= steps),
-                       key=lambda e: e["env_steps"], default=best)
-            peer["rssm_tf_at_budget"] = ours
-            rows.append([env_id, "sheeprl DreamerV3 (XS, last 10 training episodes)", steps, "",
-                         f"{peer['last10_mean_return']:.1f} +- {peer['last10_std_return']:.1f}"
-                         if peer["last10_mean_return"] is not None else "-", "",
-                         f"test episode: {peer['test_return'] or 'not reached'}; rssm_tf's "
-                         f"evaluation at {ours['env_steps']} steps: {ours['mean_return']:.1f}"])
+            entry["sheeprl"] = sheeprl_row(env_id, Path(sheeprl[env_id]), rows, evals,
+                                           budgets.get(env_id), sheeprl_seconds.get(env_id))
+            del sheeprl[env_id]
         report["runs"][env_id] = entry
+    for env_id, log in sheeprl.items():  # no run of ours for it but the main example's
+        report["runs"].setdefault(env_id, {})["sheeprl"] = sheeprl_row(
+            env_id, Path(log), rows, [], budgets.get(env_id), sheeprl_seconds.get(env_id))
     report["command"] = "python benchmarks/agent_report.py " + " ".join(sys.argv[1:])
     table = markdown_table(["environment", "agent", "env steps", "wall s",
                             "return (evaluation seeds)", "return (plan.py's seeds)", "note"],
