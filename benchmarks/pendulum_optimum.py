@@ -1,6 +1,6 @@
 """The best return Pendulum-v1 allows from given starts: a yardstick for the agent.
 
-    python benchmarks/pendulum_optimum.py [--seed 10000000] [--episodes 10]
+    python benchmarks/pendulum_optimum.py [--seeds 10000000 10000] [--episodes 10]
 
 Pendulum's return depends on where an episode starts: hanging down, the swing-up alone
 costs a couple of hundred; near the top, almost nothing. So "-200 over 10 episodes"
@@ -9,7 +9,9 @@ dynamics (gymnasium's ``Pendulum-v1``: g = 10, dt = 0.05, torque in [-2, 2], spe
 [-8, 8], 200 steps) by finite-horizon dynamic programming on a grid of angle x
 speed x torque (bilinear interpolation of the value between grid points), then plays
 the greedy policy of that value in the real environment on the seeds ``seed``,
-``seed + 1``, ... (by default the agent's evaluation seeds, ``rssm_tf.agent.eval_seed(0)``).
+``seed + 1``, ... for each first seed of ``--seeds`` (by default the agent's evaluation
+seeds, ``rssm_tf.agent.eval_seed(0)``, and ``examples/plan.py``'s, where the agent's
+and the planner's returns are also reported).
 The grid's interpolation makes it a near-optimal controller, not an exact bound.
 
 Writes ``benchmarks/results/pendulum_optimum.{json,md}``.
@@ -106,25 +108,30 @@ def play(grid: Grid, seed: int) -> tuple[float, float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=10_000_000,
-                        help="first seed (default: the agent's evaluation seeds)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[10_000_000, 10_000],
+                        help="first seed of each set (default: the agent's evaluation "
+                             "seeds and examples/plan.py's)")
     parser.add_argument("--episodes", type=int, default=10)
     args = parser.parse_args()
     began = time.perf_counter()
     grid = Grid()
     grid.solve()
-    rows, episodes = [], []
-    for seed in range(args.seed, args.seed + args.episodes):
-        total, theta, speed = play(grid, seed)
-        episodes.append({"seed": seed, "start_angle": theta, "start_speed": speed,
-                         "return": total})
-        rows.append([seed, f"{theta:+.2f}", f"{speed:+.2f}", f"{total:.1f}"])
-    returns = [e["return"] for e in episodes]
-    rows.append(["mean +- std", "", "", f"{np.mean(returns):.1f} +- {np.std(returns):.1f}"])
+    rows, sets = [], {}
+    for first in args.seeds:
+        episodes = []
+        for seed in range(first, first + args.episodes):
+            total, theta, speed = play(grid, seed)
+            episodes.append({"seed": seed, "start_angle": theta, "start_speed": speed,
+                             "return": total})
+            rows.append([seed, f"{theta:+.2f}", f"{speed:+.2f}", f"{total:.1f}"])
+        returns = [e["return"] for e in episodes]
+        sets[first] = {"episodes": episodes, "mean_return": float(np.mean(returns)),
+                       "std_return": float(np.std(returns))}
+        rows.append([f"seeds {first}..{first + args.episodes - 1}", "", "",
+                     f"mean {np.mean(returns):.1f} +- {np.std(returns):.1f}"])
+        print(f"seeds from {first}: mean {np.mean(returns):.1f} +- {np.std(returns):.1f}")
     report = {"command": "python benchmarks/pendulum_optimum.py " + " ".join(sys.argv[1:]),
-              "episodes": episodes, "mean_return": float(np.mean(returns)),
-              "std_return": float(np.std(returns)),
-              "grid": {"angles": grid.angles, "speeds": grid.speeds,
+              "seed_sets": sets, "grid": {"angles": grid.angles, "speeds": grid.speeds,
                        "torques": len(grid.torques)},
               "seconds": round(time.perf_counter() - began, 1)}
     write_results("pendulum_optimum", "Pendulum-v1: near-optimal returns from the "
@@ -135,7 +142,6 @@ def main() -> int:
                   f"torque grid {grid.angles} x {grid.speeds} x {len(grid.torques)}, 200 "
                   "steps), its greedy policy played in gymnasium's environment. Starts "
                   "hanging down (|angle| near pi) cost ~230 at best.")
-    print(f"mean {np.mean(returns):.1f} +- {np.std(returns):.1f}")
     return 0
 
 
