@@ -2,6 +2,8 @@
 
     python examples/agent.py --env CartPole-v1 --steps 20000
     python examples/agent.py --env Pendulum-v1 --steps 30000 --train-ratio 256 --imag-last 16
+    python examples/agent.py --env Pendulum-v1 --steps 24000 --small --units 128 \
+        --train-ratio 256 --actor-lr 1e-4 --critic-lr 1e-4
 
 Collects with the actor into ``<out>/<env>/episodes``, trains at ``--train-ratio``
 replayed steps per environment step (one compiled update per batch: world model,
@@ -40,6 +42,10 @@ from rssm_tf.episodes import observation_keys  # noqa: E402
 TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0}
 
 #: a small world model and actor-critic for the classic-control tasks
+#: ``--small``: the main example's world model (examples/end_to_end.py), compact
+#: enough to train in minutes on two CPU cores
+SMALL_SIZES = dict(deterministic_size=128, n_categories=16, n_classes=16, hidden_size=128,
+                   n_blocks=4, encoder_layers=2, decoder_layers=2)
 SIZES = dict(deterministic_size=256, n_categories=16, n_classes=16, hidden_size=256,
              n_blocks=4)
 
@@ -108,6 +114,9 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=256, help="actor/critic width")
     parser.add_argument("--lr", type=float, default=3e-4, help="world model's rate")
     parser.add_argument("--actor-lr", type=float, default=3e-5)
+    parser.add_argument("--critic-lr", type=float, default=3e-5)
+    parser.add_argument("--small", action="store_true",
+                        help="the main example's smaller world model (D = H = 128)")
     parser.add_argument("--imag-last", type=int, default=0,
                         help="imagine from the last K steps of each sequence (0: all)")
     parser.add_argument("--target", type=float, default=None,
@@ -120,7 +129,8 @@ def main() -> None:
     run = Path(args.out) / args.env
     run.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
-    model = build(args.env, args.seed, args.units, args.lr, args.imag_last, args.actor_lr)
+    model = build(args.env, args.seed, args.units, args.lr, args.imag_last, args.actor_lr,
+                  args.critic_lr, SMALL_SIZES if args.small else SIZES)
     target = TARGETS.get(args.env) if args.target is None else args.target
     t0 = time.time()
     evals = train_agent(model, args.env, run / "episodes", args.steps,

@@ -53,8 +53,8 @@ import quiet_tf  # noqa: F401
 
 # isort: split
 import keras
+from agent import SMALL_SIZES, exported_actor_returns
 from agent import build as build_agent
-from agent import exported_actor_returns
 
 from rssm_tf.agent import train_agent
 from rssm_tf.atomic import write_atomic
@@ -64,9 +64,6 @@ from rssm_tf.data import EpisodeStore, config_for_episode, make_dataset
 from rssm_tf.saving import AtomicModelCheckpoint, save_world_model
 from rssm_tf.world_model import WorldModel, evaluate_open_loop
 
-# A compact configuration that trains in minutes on two CPU cores.
-SIZES = dict(deterministic_size=128, n_categories=16, n_classes=16, hidden_size=128,
-             n_blocks=4, encoder_layers=2, decoder_layers=2)
 # Per run: the gymnasium id, episodes to collect (train, held out), training updates
 # (one fit of ``epochs`` epochs), learning rate; pixel runs record frames of
 # ``image_size`` as ``image`` and the parts of the state vector ``vector_keys`` names
@@ -145,7 +142,7 @@ def run_env(run: str, out: Path, seed: int, scale: float, plans: dict) -> dict:
           f"collected in {time.time() - t0:.1f}s")
 
     keras.utils.set_random_seed(seed)
-    config = config_for_episode(train[0], **SIZES, **plan.get("sizes", {}))
+    config = config_for_episode(train[0], **SMALL_SIZES, **plan.get("sizes", {}))
     print(f"[{run}] observation space {config.obs_shapes}")
     model = WorldModel(config, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(plan["lr"], epsilon=1e-8,
@@ -190,7 +187,7 @@ def run_agent(run: str, out: Path, seed: int, scale: float, plan: dict) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
     model = build_agent(env_id, seed, plan["units"], plan["lr"], plan["imag_last"],
-                        plan["actor_lr"], plan["critic_lr"], sizes=SIZES)
+                        plan["actor_lr"], plan["critic_lr"], sizes=SMALL_SIZES)
     print(f"[{run}] a Dreamer on {env_id}: train ratio {plan['train_ratio']}, imagination "
           f"from the last {plan['imag_last']} steps of each window, up to "
           f"{int(plan['steps'] * scale)} environment steps or a return of {plan['stop_at']}")
