@@ -3,7 +3,14 @@
     python examples/agent.py --env CartPole-v1 --steps 30000 --out out/agent
     python examples/agent.py --env Pendulum-v1 --steps 30000 --train-ratio 256 --imag-last 16 \\
         --out out/agent
-    sheeprl exp=dreamer_v3 algo=dreamer_v3_XS env=gym env.id=CartPole-v1 ... > sheeprl.log
+    # sheeprl in its own venv (it pins gymnasium 0.29): pip install sheeprl==0.5.7 torch==2.13.0
+    sheeprl exp=dreamer_v3 algo=dreamer_v3_XS env=gym env.id=CartPole-v1 env.num_envs=1 \\
+        env.capture_video=False 'algo.cnn_keys.encoder=[]' 'algo.cnn_keys.decoder=[]' \\
+        'algo.mlp_keys.encoder=[vector]' 'algo.mlp_keys.decoder=[vector]' \\
+        algo.total_steps=3776 algo.replay_ratio=0.125 algo.learning_starts=1024 \\
+        algo.world_model.stochastic_size=16 algo.world_model.discrete_size=16 \\
+        fabric.accelerator=cpu buffer.checkpoint=False algo.run_test=True seed=0 \\
+        num_threads=1 > sheeprl.log
     python benchmarks/agent_report.py --runs out/agent/CartPole-v1 out/agent/Pendulum-v1 \\
         --sheeprl CartPole-v1=sheeprl.log \\
         --main-example benchmarks/results/end_to_end_full.json
