@@ -92,7 +92,8 @@ def sheeprl_row(env_id: str, log: Path, rows: list, evals: list[dict],
                if peer["last10_mean_return"] is not None else "-")
     rows.append([env_id, "sheeprl DreamerV3 (XS, last 10 training episodes)", steps,
                  seconds or "", returns, "",
-                 f"test episode: {peer['test_return'] or 'not reached'}; rssm_tf at "
+                 "test episode: " + (f"{peer['test_return']:.1f}" if peer["test_return"]
+                                     is not None else "not reached") + "; rssm_tf at "
                  f"{ours['env_steps']} steps: {ours['mean_return']:.1f}"])
     return peer
 
