@@ -74,6 +74,11 @@ def sheeprl_summary(log: Path, budget: int) -> dict:
             "test_return": float(test[-1]) if test else None}
 
 
+def by_env(items: list[str]) -> dict[str, str]:
+    """``["ENV=VALUE", ...]`` as ``{ENV: VALUE}``."""
+    return dict(item.split("=", 1) for item in items)
+
+
 def sheeprl_row(env_id: str, log: Path, rows: list, evals: list[dict],
                 budget_run: dict | None, seconds: float | None) -> dict:
     """sheeprl's returns at the budget (the main example's agent's steps, else the
@@ -110,12 +115,11 @@ def main() -> int:
                         help="benchmarks/results/end_to_end_full.json (its agent run)")
     parser.add_argument("--note", default="", help="a sentence on how the runs were made")
     args = parser.parse_args()
-    sheeprl = dict(item.split("=", 1) for item in args.sheeprl)
-    sheeprl_seconds = {k: float(v) for k, v in
-                       (item.split("=", 1) for item in args.sheeprl_seconds)}
+    sheeprl = by_env(args.sheeprl)
+    sheeprl_seconds = {k: float(v) for k, v in by_env(args.sheeprl_seconds).items()}
+    planner = {k: [float(x) for x in v.split(",")] for k, v in by_env(args.planner).items()}
     budgets: dict[str, dict] = {}  # env -> the main example's agent at its stop
-    planner = {k: [float(x) for x in v.split(",")]
-               for k, v in (item.split("=", 1) for item in args.planner)}
+    evals_of: dict[str, list[dict]] = {}  # env -> our run's evaluations
     report, rows = {"runs": {}}, []
     if args.main_example:
         main_run = json.loads(Path(args.main_example).read_text())["runs"]["CartPole-agent"]
@@ -155,14 +159,16 @@ def main() -> int:
             entry["planner"] = {"mean_return": mean, "std_return": std, "env_steps": steps}
             rows.append([env_id, "CEM planner (examples/plan.py, Keras)", int(steps), "", "",
                          f"{mean:.1f} +- {std:.1f}", "from --planner (an earlier plan.py run)"])
-        if env_id in sheeprl:
-            entry["sheeprl"] = sheeprl_row(env_id, Path(sheeprl[env_id]), rows, evals,
-                                           budgets.get(env_id), sheeprl_seconds.get(env_id))
-            del sheeprl[env_id]
+        evals_of[env_id] = evals
         report["runs"][env_id] = entry
-    for env_id, log in sheeprl.items():  # no run of ours for it but the main example's
+    for env_id, log in sheeprl.items():
+        if env_id not in evals_of and env_id not in budgets:
+            parser.error(f"--sheeprl {env_id}: no run of ours on {env_id} to read its budget "
+                         "from (--runs, or --main-example for CartPole-v1)")
         report["runs"].setdefault(env_id, {})["sheeprl"] = sheeprl_row(
-            env_id, Path(log), rows, [], budgets.get(env_id), sheeprl_seconds.get(env_id))
+            env_id, Path(log), rows, evals_of.get(env_id, []), budgets.get(env_id),
+            sheeprl_seconds.get(env_id))
+    rows.sort(key=lambda row: row[0])  # stable: each environment's rows together, in order
     report["command"] = "python benchmarks/agent_report.py " + " ".join(sys.argv[1:])
     table = markdown_table(["environment", "agent", "env steps", "wall s",
                             "return (evaluation seeds)", "return (plan.py's seeds)", "note"],
