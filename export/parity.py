@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from rssm_tf_export.module import InferenceModule
 from rssm_tf_export.runner import (
+    PER_STEP,
     Call,
     litert_cases,
     load_arrays,
@@ -143,7 +144,7 @@ def compare(reference: dict[str, dict], other: dict[str, dict]) -> dict[str, Any
 
 def _is_chain(case: str) -> bool:
     """A free-running rollout: each step fed the backend's own previous outputs."""
-    return case.startswith("rollout_") and not case.endswith("_per_step")
+    return case.startswith("rollout_") and not case.endswith(PER_STEP)
 
 
 def parity_report(module: InferenceModule, saved_model_dir: str | os.PathLike | None,

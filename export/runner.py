@@ -124,10 +124,11 @@ def litert_cases(cases: dict[str, dict]) -> dict[str, dict]:
 
 
 CARRIED = {"h": "h_next", "z": "z_next", "action": "action_next"}  # input <- output
+PER_STEP = "_per_step"  # the suffix of a rollout's per-step twin
 
 
 def per_step_cases(cases: dict[str, dict], reference: dict[str, dict]) -> dict[str, dict]:
-    """For each rollout case ``name``, ``name + "_per_step"``: the same steps, each
+    """For each rollout case ``name``, ``name + PER_STEP``: the same steps, each
     starting from the carry (``h``, ``z``, the actor's ``action``) that ``reference``
     (that case's outputs, stacked over the steps) fed into it. A backend's outputs
     then differ from the reference's by one step's rounding, not by the rounding the
@@ -139,7 +140,7 @@ def per_step_cases(cases: dict[str, dict], reference: dict[str, dict]) -> dict[s
         ref = reference[name]
         carry = {k: np.concatenate([np.asarray(case["inputs"][k])[None], ref[out][:-1]])
                  for k, out in CARRIED.items() if k in case["inputs"] and out in ref}
-        forced[f"{name}_per_step"] = {**case, "carry": carry}
+        forced[name + PER_STEP] = {**case, "carry": carry}
     return forced
 
 
