@@ -94,15 +94,17 @@ def play(grid: Grid, seed: int) -> tuple[float, float, float]:
     import gymnasium as gym
 
     env = gym.make("Pendulum-v1")
-    env.reset(seed=seed)
-    start_theta, start_speed = (float(x) for x in env.unwrapped.state)
-    choices, total = np.linspace(-MAX_TORQUE, MAX_TORQUE, 401), 0.0
-    for t in range(STEPS):
-        theta, speed = env.unwrapped.state
-        action = grid.torque(theta, speed, STEPS - t, choices)
-        _, reward, terminated, truncated, _ = env.step(np.array([action], np.float32))
-        total += float(reward)
-    env.close()
+    try:
+        env.reset(seed=seed)
+        start_theta, start_speed = (float(x) for x in env.unwrapped.state)
+        choices, total = np.linspace(-MAX_TORQUE, MAX_TORQUE, 401), 0.0
+        for t in range(STEPS):
+            theta, speed = env.unwrapped.state
+            action = grid.torque(theta, speed, STEPS - t, choices)
+            _, reward, *_ = env.step(np.array([action], np.float32))
+            total += float(reward)
+    finally:
+        env.close()
     return total, float(wrap(np.array(start_theta))), start_speed
 
 
