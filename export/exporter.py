@@ -3,6 +3,7 @@
     OUT/saved_model/NAME/VERSION/   SavedModel (tensorflow_model_server's layout)
     OUT/onnx/<signature>.onnx       one ONNX file per signature but initial_state
     OUT/litert/<signature>.tflite   with ``litert``: the step signatures for LiteRT
+    OUT/onnx_int8/<signature>.onnx  with ``int8``: the ONNX files with 8-bit weights
     OUT/manifest.json               config, signatures, versions, file hashes
     OUT/parity.json                 the parity report (see rssm_tf_export.parity)
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
+from rssm_tf_export.int8 import quantize_onnx, quantized_products
 from rssm_tf_export.module import ACTOR_SIGNATURES, SIGNATURES, InferenceModule
 from rssm_tf_export.parity import format_table, openvino_available, parity_report
 from rssm_tf_export.tf2onnx_batch import MARK
@@ -213,10 +215,13 @@ def float32_copy(model: WorldModel) -> WorldModel:
 
 def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: str = "rssm",
                  version: int | None = None, onnx: bool = True, parity: bool = True,
-                 verbose: bool = True, litert: bool = False) -> dict[str, Any]:
+                 verbose: bool = True, litert: bool = False,
+                 int8: bool = False) -> dict[str, Any]:
     """Exports ``model_path`` into ``out``; returns the manifest (with the parity
     result under ``parity`` when computed). ``litert`` also writes
-    ``OUT/litert/<signature>.tflite`` (:data:`LITERT_SIGNATURES`). Raises
+    ``OUT/litert/<signature>.tflite`` (:data:`LITERT_SIGNATURES`), ``int8``
+    ``OUT/onnx_int8/<signature>.onnx`` (:mod:`rssm_tf_export.int8`; not in the parity
+    report, whose 1e-5 it does not meet by design). Raises
     :class:`ExportError` or ``rssm_tf.saving.ModelFileError`` with a message naming
     the problem."""
     out = Path(out)
@@ -224,6 +229,8 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         raise ExportError(f"--name must be letters, digits, '-' or '_', got {name!r}")
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"--version must be a positive integer, got {version!r}")
+    if int8 and not onnx:
+        raise ExportError("--int8 quantizes the ONNX files: it cannot go with --no-onnx")
     model = load_world_model(model_path, compile=False)
     trained_policy = model.dtype_policy.name
     model = float32_copy(model)
@@ -254,6 +261,10 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
                  (convert_litert, litert_dir, litert_signatures)) if where]
         for job in jobs:
             record(job.result())
+    int8_dir = out / "onnx_int8" if int8 else None
+    if int8:
+        log(f"export: quantizing {len(onnx_signatures)} ONNX files to 8-bit weights")
+        record(quantize_onnx(onnx_dir, int8_dir, onnx_signatures))
     manifest = {
         "format_version": MANIFEST_FORMAT,
         "name": name, "version": version, "saved_model": str(saved.relative_to(out)),
@@ -267,6 +278,11 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
         if onnx else None,
         "litert": {"files": [f"litert/{s}.tflite" for s in litert_signatures]}
         if litert else None,
+        "onnx_int8": {"weights": "uint8", "files": [f"onnx_int8/{s}.onnx"
+                                                    for s in onnx_signatures],
+                      "quantized_products": {
+                          s: quantized_products(int8_dir / f"{s}.onnx")
+                          for s in onnx_signatures}} if int8 else None,
         "versions": {p: _version_of(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx",
                                                  "onnxruntime", "openvino", "ai-edge-litert",
                                                  "rssm-tf")},
@@ -291,5 +307,5 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
                                               for k, v in report["backends"].items()}}
     write_json(out / "manifest.json", manifest)
     log(f"export: done: {saved}" + (f", {onnx_dir}" if onnx_dir else "")
-        + (f", {litert_dir}" if litert_dir else ""))
+        + (f", {litert_dir}" if litert_dir else "") + (f", {int8_dir}" if int8 else ""))
     return manifest

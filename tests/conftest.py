@@ -92,12 +92,13 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(model_path, tmp_path_factory):
-    """``(out, manifest)`` of ``python -m export --litert``'s work on ``model_path``
-    (name "wm")."""
+    """``(out, manifest)`` of ``python -m export --litert --int8``'s work on
+    ``model_path`` (name "wm")."""
     from rssm_tf_export.exporter import export_model
 
     out = tmp_path_factory.mktemp("exported")
-    return out, export_model(model_path, out, name="wm", verbose=False, litert=True)
+    return out, export_model(model_path, out, name="wm", verbose=False, litert=True,
+                             int8=True)
 
 
 @pytest.fixture
