@@ -18,8 +18,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- results: begin (benchmarks/report.py) -->", "<!-- results: end -->"
 ORDER = ("train_speed", "profile_update", "serving_latency", "serving_latency_imagine",
-         "serving_latency_plan", "serving_load", "data_pipeline", "data_pipeline_compressed",
-         "end_to_end", "behavior_update", "agent", "pendulum_optimum")
+         "serving_latency_plan", "int8_onnx", "serving_load", "data_pipeline",
+         "data_pipeline_compressed", "end_to_end", "behavior_update", "agent", "pendulum_optimum")
 
 
 def rank(path: Path) -> tuple[int, str]:

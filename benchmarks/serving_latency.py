@@ -3,10 +3,11 @@
 candidates, horizon 12, 4 iterations, top 50, continuous actions; and the Keras
 ``Planner`` under XLA on the same configuration), through ``WorldModelClient``.
 
-Backends: ONNX Runtime, OpenVINO (CPU plugin, the same ONNX files), LiteRT, the
-SavedModel in-process, and TF Serving's REST and
-gRPC protocols against the stand-in server (``serving/standin.py``; point ``--rest-url`` /
-``--grpc-target`` at a real ``tensorflow_model_server`` to measure that instead).
+Backends: ONNX Runtime, its 8-bit-weight files (``onnx_int8``, when the export has
+them), OpenVINO (CPU plugin, the same ONNX files), LiteRT, the SavedModel in-process,
+and TF Serving's REST and gRPC protocols against the stand-in server
+(``serving/standin.py``; point ``--rest-url`` / ``--grpc-target`` at a real
+``tensorflow_model_server`` to measure that instead).
 
     python benchmarks/serving_latency.py [--export DIR] [--iters 200] [--json PATH]
     python benchmarks/serving_latency.py --plan-only --export out/plan/Pendulum-v1/export
@@ -16,10 +17,10 @@ gRPC protocols against the stand-in server (``serving/standin.py``; point ``--re
 signature: states, reward and continue) on ONNX Runtime, OpenVINO, the SavedModel
 in-process and the Keras model under XLA, one call each time.
 
-Without ``--export`` it exports a fresh seed-configuration model (obs 64, action 11)
-to a temporary directory first. All numbers are from one run on one machine, written
-to ``benchmarks/results/serving_latency.json`` and ``.md`` (``_imagine`` / ``_plan``
-for the two single measurements; see ``results.py``).
+Without ``--export`` it exports a fresh seed-configuration model (obs 64, action 11,
+with ``--litert --int8``) to a temporary directory first. All numbers are from one
+run on one machine, written to ``benchmarks/results/serving_latency.json`` and ``.md``
+(``_imagine`` / ``_plan`` for the two single measurements; see ``results.py``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def export_seed_model(out: Path) -> Path:
     model = WorldModel(RssmConfig(obs_dim=64, action_dim=11))
     model.compile()
     path = save_world_model(model, out / "seed.keras")
-    export_model(path, out / "export", name="rssm", parity=False, verbose=True, litert=True)
+    export_model(path, out / "export", name="rssm", parity=False, verbose=True, litert=True,
+                 int8=True)
     return out / "export"
 
 
@@ -204,6 +206,8 @@ def main() -> int:
     rest_url = args.rest_url or server.rest_url
     grpc_target = args.grpc_target or server.grpc_target
     clients = {"onnx": WorldModelClient.from_export(export_dir, "onnx"),
+               **({"onnx_int8": WorldModelClient.from_export(export_dir, "onnx_int8")}
+                  if manifest.get("onnx_int8") else {}),
                "openvino": WorldModelClient.from_export(export_dir, "openvino"),
                "litert": WorldModelClient.from_export(export_dir, "litert"),
                "savedmodel": WorldModelClient.from_export(export_dir, "savedmodel"),
@@ -233,15 +237,25 @@ def main() -> int:
                  for k in ("observe_b1", "observe_b64", "imagine15_b1", "plan_b1")]
         print(f"{name:<11} {cells[0]:>20} {cells[1]:>21} {cells[2]:>19} {cells[3]:>20}")
     print(f"ONNX Runtime observe b1 is {ratio:.1f}x faster than the local SavedModel")
+    notes = (f"ONNX Runtime's observe at batch 1 is {ratio:.1f}x faster than the "
+             "SavedModel in-process.")
+    if "onnx_int8" in results:
+        int8 = {k: results["onnx"][k]["p50_ms"] / results["onnx_int8"][k]["p50_ms"]
+                for k in ("observe_b1", "observe_b64", "imagine15_b1")}
+        report["onnx_over_onnx_int8_p50"] = int8
+        notes += (" The 8-bit-weight files against the float ones (p50): observe b1 "
+                  f"{int8['observe_b1']:.2f}x, b64 {int8['observe_b64']:.2f}x, imagine 15 "
+                  f"{int8['imagine15_b1']:.2f}x faster; their accuracy cost: "
+                  "benchmarks/int8_onnx.py.")
+        print(notes)
     report["command"] = command
     table = markdown_table(
         ["backend", "observe b1 p50 / p99 ms", "observe b64", "imagine 15", "plan N500 H12 I4"],
         [[name] + [f"{r[k]['p50_ms']:.2f} / {r[k]['p99_ms']:.2f}" if k in r else "-"
                    for k in ("observe_b1", "observe_b64", "imagine15_b1", "plan_b1")]
          for name, r in results.items()])
-    write_results("serving_latency", "Serving latency", report, table,
-                  f"ONNX Runtime's observe at batch 1 is {ratio:.1f}x faster than the "
-                  "SavedModel in-process.", json_path=args.json)
+    write_results("serving_latency", "Serving latency", report, table, notes,
+                  json_path=args.json)
     return 0
 
 
