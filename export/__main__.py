@@ -31,9 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also write OUT/litert/<signature>.tflite for the LiteRT "
                              "interpreter (pip install ai-edge-litert)")
     parser.add_argument("--int8", action="store_true",
-                        help="also write OUT/onnx_int8/<signature>.onnx: the ONNX files "
-                             "with 8-bit weights (faster at small batches; an accuracy "
-                             "cost, not in the parity report)")
+                        help="also write OUT/onnx_int8/<signature>.onnx (and with "
+                             "--litert OUT/litert_int8/<signature>.tflite): the files with "
+                             "8-bit weights (faster at small batches; an accuracy cost, "
+                             "not in the parity report)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 

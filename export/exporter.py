@@ -4,6 +4,7 @@
     OUT/onnx/<signature>.onnx       one ONNX file per signature but initial_state
     OUT/litert/<signature>.tflite   with ``litert``: the step signatures for LiteRT
     OUT/onnx_int8/<signature>.onnx  with ``int8``: the ONNX files with 8-bit weights
+    OUT/litert_int8/<sig>.tflite    with ``int8`` and ``litert``: LiteRT's, the same way
     OUT/manifest.json               config, signatures, versions, file hashes
     OUT/parity.json                 the parity report (see rssm_tf_export.parity)
 
@@ -148,11 +149,15 @@ def convert_onnx(saved_model: Path, onnx_dir: Path, signatures: tuple[str, ...] 
 
 
 def convert_litert(saved_model: Path, litert_dir: Path,
-                   signatures: tuple[str, ...] = LITERT_SIGNATURES) -> list[Path]:
+                   signatures: tuple[str, ...] = LITERT_SIGNATURES,
+                   int8: bool = False) -> list[Path]:
     """Converts each signature with ``tf.lite.TFLiteConverter.from_saved_model`` (builtin
-    ops only, float32, no quantisation) into ``litert_dir/NAME.tflite`` (atomically).
-    The converter restores the variables the way TF Serving does, so an export whose
-    weights are not tracked would give a weightless model here."""
+    ops only, float32) into ``litert_dir/NAME.tflite`` (atomically). ``int8``: the
+    converter's dynamic-range quantization (``tf.lite.Optimize.DEFAULT``: the weights
+    of the products stored as int8, per output channel, the activations quantized at
+    run time; the rest stays float32). The converter restores the variables the way TF
+    Serving does, so an export whose weights are not tracked would give a weightless
+    model here."""
     litert_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in signatures:
@@ -160,6 +165,8 @@ def convert_litert(saved_model: Path, litert_dir: Path,
             with expected_load_notes_dropped():  # the converter loads the SavedModel
                 converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
                                                                      signature_keys=[name])
+                if int8:
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
                 data = converter.convert()
         except Exception as error:  # the converter raises ConverterError and others
             raise ExportError(f"LiteRT conversion failed on signature {name}: "
@@ -220,8 +227,10 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
     """Exports ``model_path`` into ``out``; returns the manifest (with the parity
     result under ``parity`` when computed). ``litert`` also writes
     ``OUT/litert/<signature>.tflite`` (:data:`LITERT_SIGNATURES`), ``int8``
-    ``OUT/onnx_int8/<signature>.onnx`` (:mod:`rssm_tf_export.int8`; not in the parity
-    report, whose 1e-5 it does not meet by design). Raises
+    ``OUT/onnx_int8/<signature>.onnx`` (:mod:`rssm_tf_export.int8`) and with ``litert``
+    ``OUT/litert_int8/<signature>.tflite`` (:func:`convert_litert`), files with 8-bit
+    weights that are not in the parity report, whose 1e-5 they do not meet by design.
+    Raises
     :class:`ExportError` or ``rssm_tf.saving.ModelFileError`` with a message naming
     the problem."""
     out = Path(out)
@@ -253,12 +262,17 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
     if onnx:
         log(f"export: converting {len(onnx_signatures)} signatures to ONNX (opset {OPSET})")
     if litert:
-        log(f"export: converting {len(litert_signatures)} signatures to LiteRT")
+        log(f"export: converting {len(litert_signatures)} signatures to LiteRT"
+            + (" (float32 and 8-bit weights)" if int8 else ""))
     # at once: tf2onnx runs in worker processes, the LiteRT converter in this one
+    litert_int8_dir = out / "litert_int8" if litert and int8 else None
     with ThreadPoolExecutor(max_workers=2) as pool:
         jobs = [pool.submit(convert, saved, where, names) for convert, where, names in
                 ((convert_onnx, onnx_dir, onnx_signatures),
                  (convert_litert, litert_dir, litert_signatures)) if where]
+        if litert_int8_dir:
+            jobs.append(pool.submit(convert_litert, saved, litert_int8_dir,
+                                    litert_signatures, int8=True))
         for job in jobs:
             record(job.result())
     int8_dir = out / "onnx_int8" if int8 else None
@@ -283,6 +297,9 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
                       "quantized_products": {
                           s: quantized_products(int8_dir / f"{s}.onnx")
                           for s in onnx_signatures}} if int8 else None,
+        "litert_int8": {"weights": "int8", "files": [f"litert_int8/{s}.tflite"
+                                                     for s in litert_signatures]}
+        if litert_int8_dir else None,
         "versions": {p: _version_of(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx",
                                                  "onnxruntime", "openvino", "ai-edge-litert",
                                                  "rssm-tf")},
@@ -307,5 +324,6 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
                                               for k, v in report["backends"].items()}}
     write_json(out / "manifest.json", manifest)
     log(f"export: done: {saved}" + (f", {onnx_dir}" if onnx_dir else "")
-        + (f", {litert_dir}" if litert_dir else "") + (f", {int8_dir}" if int8 else ""))
+        + (f", {litert_dir}" if litert_dir else "") + (f", {int8_dir}" if int8 else "")
+        + (f", {litert_int8_dir}" if litert_int8_dir else ""))
     return manifest

@@ -16,7 +16,7 @@ with unsigned ones, and slower (docs/performance.md).
 It is a variant with an accuracy cost, not a form of the same model: its outputs differ
 from Keras' by far more than the 1e-5 the parity report holds the float files to, and
 a sampled ``z`` can differ. The cost is measured as open-loop prediction error on
-held-out episodes (``benchmarks/int8_onnx.py``). Products inside a ``Loop`` body (the
+held-out episodes (``benchmarks/int8.py``). Products inside a ``Loop`` body (the
 scans of ``imagine*`` and the planners) are not reached by the quantizer and stay
 float32; the file of every signature is written, so a client has all of them.
 """

@@ -41,7 +41,8 @@ from rssm_tf_serving.backends import (
     ServingError,
 )
 
-BACKENDS = ("onnx", "onnx_int8", "openvino", "litert", "savedmodel", "rest", "grpc")
+BACKENDS = ("onnx", "onnx_int8", "openvino", "litert", "litert_int8", "savedmodel", "rest",
+            "grpc")
 
 
 # The manifest layout this client reads; an export's manifest.json says which it has.
@@ -127,23 +128,23 @@ class WorldModelClient:
         ``onnx_int8`` (ONNX Runtime on the 8-bit-weight files of an export made with
         ``--int8``: faster at small batches, with an accuracy cost), ``openvino``
         (OpenVINO on the same files, ``device=``), ``litert`` (export
-        with ``--litert``), ``savedmodel`` (these read the files), ``rest`` (``url=``,
+        with ``--litert``), ``litert_int8`` (its 8-bit-weight files, ``--litert --int8``),
+        ``savedmodel`` (these read the files), ``rest`` (``url=``,
         ``model=``) or ``grpc`` (``target=``, ``model=``); ``model`` defaults to the
         exported name."""
         manifest = load_manifest(export_dir)
         export_dir = Path(export_dir)
-        if backend == "onnx":
-            impl: Backend = OnnxBackend(export_dir / "onnx", **options)
-        elif backend == "onnx_int8":
-            if not manifest.get("onnx_int8"):
-                raise ServingError(f"{export_dir} has no 8-bit ONNX files: export with "
-                                   f"--int8 to write onnx_int8/")
-            impl = OnnxBackend(export_dir / "onnx_int8", **options)
+        if backend in ("onnx_int8", "litert_int8") and not manifest.get(backend):
+            flags = "--int8" if backend == "onnx_int8" else "--litert --int8"
+            raise ServingError(f"{export_dir} has no {backend}/ files: export with {flags} "
+                               f"to write them")
+        if backend in ("onnx", "onnx_int8"):  # the directory is the backend's name
+            impl: Backend = OnnxBackend(export_dir / backend, **options)
         elif backend == "openvino":
             impl = OpenVinoBackend(export_dir / "onnx", **options)
-        elif backend == "litert":
+        elif backend in ("litert", "litert_int8"):
             actor = manifest.get("actor") or {}
-            impl = LiteRtBackend(export_dir / "litert",
+            impl = LiteRtBackend(export_dir / backend,
                                  **{"actor_noise": actor.get("noise"), **options})
         elif backend == "savedmodel":
             impl = SavedModelBackend(export_dir / "saved_model" / manifest["name"], **options)

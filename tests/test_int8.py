@@ -1,6 +1,7 @@
-"""The 8-bit-weight ONNX variant (export/int8.py): what one quantized product computes,
-checked against the arithmetic written out here; and the exported files, as ONNX
-Runtime, OpenVINO and the client load them."""
+"""The 8-bit-weight variants (``export --int8``): what one quantized ONNX product
+computes, checked against the arithmetic written out here; and the exported ONNX and
+LiteRT files, as ONNX Runtime, OpenVINO, the LiteRT interpreter and the client load
+them."""
 
 import json
 
@@ -13,7 +14,7 @@ from rssm_tf_export.exporter import ExportError, export_model
 from rssm_tf_export.int8 import quantize_onnx, quantized_products
 from rssm_tf_serving.backends import OnnxBackend, ServingError
 from rssm_tf_serving.client import WorldModelClient
-from test_export import ONNX_FILES, _nodes
+from test_export import LITERT_FILES, ONNX_FILES, _nodes
 
 
 def matmul_file(path, w):
@@ -118,8 +119,42 @@ def test_int8_steps_stay_close_to_the_float_files_and_serve_through_the_client(e
         rtol=1e-6, atol=1e-6)
 
 
-def test_the_client_names_the_missing_int8_files(exported, tmp_path):
+def test_exported_litert_int8_files_store_int8_weights_and_stay_close(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
     out, manifest = exported
-    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "onnx_int8": None}))
-    with pytest.raises(ServingError, match="--int8"):
-        WorldModelClient.from_export(tmp_path, "onnx_int8")
+    assert manifest["litert_int8"]["files"] == [f"litert_int8/{s}.tflite"
+                                                for s in LITERT_FILES]
+
+    def weights(path):
+        interpreter = Interpreter(model_path=str(path))
+        return [t for t in interpreter.get_tensor_details() if t["dtype"] == np.int8]
+
+    for name in LITERT_FILES:
+        path = out / "litert_int8" / f"{name}.tflite"
+        assert f"litert_int8/{name}.tflite" in manifest["files"]
+        assert weights(path) and not weights(out / "litert" / f"{name}.tflite"), name
+
+    rng = np.random.default_rng(2)
+    specs = manifest["signatures"]["obs_step_mode"]["inputs"]
+    inputs = {k: (0.5 * rng.standard_normal([3] + s["shape"][1:])).astype(s["dtype"])
+              for k, s in specs.items()}
+    full = WorldModelClient.from_export(out, "litert").backend.call("obs_step_mode", inputs)
+    client = WorldModelClient.from_export(out, "litert_int8")
+    small = client.backend.call("obs_step_mode", inputs)
+    for key in ("h_next", "post_logits", "prior_logits"):
+        difference = np.abs(small[key] - full[key]).max()
+        assert 0 < difference < 0.05 * np.abs(full[key]).max(), key
+    client.reset(batch_size=3)
+    dream = client.imagine(np.zeros((3, 4, manifest["config"]["action_dim"]), np.float32),
+                           sample="mode")
+    assert dream["h_seq"].shape[:2] == (3, 4) and np.isfinite(dream["reward"]).all()
+
+
+@pytest.mark.parametrize("backend, flags", [("onnx_int8", "--int8"),
+                                            ("litert_int8", "--litert --int8")])
+def test_the_client_names_the_missing_int8_files(exported, tmp_path, backend, flags):
+    out, manifest = exported
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, backend: None}))
+    with pytest.raises(ServingError, match=f"no {backend}/ files: export with {flags}"):
+        WorldModelClient.from_export(tmp_path, backend)
