@@ -1,22 +1,24 @@
-"""The accuracy cost of the 8-bit-weight ONNX files (``export --int8``): open-loop
-prediction on held-out episodes, float32 files against int8 ones, and the step's
-latency at batch 1.
+"""The accuracy cost of the 8-bit-weight files (``export --litert --int8``: ONNX and
+LiteRT): open-loop prediction on held-out episodes, float32 files against int8 ones,
+and the step's latency at batch 1.
 
 A trained world model and its held-out episodes come from a run of the main example
 (``OUT/<run>/model.keras`` and ``OUT/<run>/data/test``). The model is exported with
-``--int8`` (no parity report: the float files' parity is the exporter's own test); then,
-on every non-overlapping window of ``context + horizon`` steps, the exported files
-observe ``context`` steps (``obs_step_mode``, from the zero state and action), imagine ``horizon``
-steps with the recorded actions (``imagine_mode``) and decode them (``decode``), as
+``--litert --int8`` (no parity report: the float files' parity is the exporter's own
+test); then, on every non-overlapping window of ``context + horizon`` steps, each set
+of files observes ``context`` steps (``obs_step_mode``, from the zero state and
+action), imagines ``horizon`` steps with the recorded actions (``imagine_mode``; on
+LiteRT composed step by step by its backend) and decodes them (``decode``; LiteRT has
+no decoder file, so its imagined states are decoded by the float32 ONNX file), as
 ``WorldModel.open_loop`` does in Keras. Reported per observation key and for the
-reward: the mean squared error against the episodes at each horizon step for Keras,
-the float32 files and the int8 files, beside the mean predictor's, and how often the
-int8 files' imagined ``z`` equals the float files'.
+reward: the mean squared error against the episodes at each horizon step for Keras
+and each set of files, beside the mean predictor's, and how often each int8 set's
+imagined ``z`` equals its float32 set's.
 
-    python benchmarks/int8_onnx.py --run out/Pendulum-v1 [--export DIR]
-                                   [--context 5] [--horizon 15] [--iters 1000]
+    python benchmarks/int8.py --run out/Pendulum-v1 [--export DIR]
+                              [--context 5] [--horizon 15] [--iters 1000]
 
-Writes ``benchmarks/results/int8_onnx.json`` and ``.md`` (see ``results.py``).
+Writes ``benchmarks/results/int8.json`` and ``.md`` (see ``results.py``).
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ def held_out_windows(directory: Path, keys: tuple[str, ...], span: int) -> dict[
     return {k: np.stack([w[k] for w in windows]) for k in keys}
 
 
-def exported_open_loop(backend: Any, manifest: dict, data: dict[str, np.ndarray],
-                       context: int, horizon: int) -> dict[str, np.ndarray]:
-    """``WorldModel.open_loop`` from the exported files: per observation key the
-    decoded imagination [N, horizon, ...], ``reward`` [N, horizon] and ``z`` (the
-    imagined latents)."""
+def exported_open_loop(backend: Any, decoder: Any, manifest: dict,
+                       data: dict[str, np.ndarray], context: int, horizon: int
+                       ) -> dict[str, np.ndarray]:
+    """``WorldModel.open_loop`` from the exported files of ``backend`` (``decoder``
+    runs ``decode``): per observation key the decoded imagination [N, horizon, ...],
+    ``reward`` [N, horizon] and ``z`` (the imagined latents)."""
     signatures = manifest["signatures"]
     n = len(data["action"])
     h = np.zeros([n] + signatures["obs_step_mode"]["inputs"]["h"]["shape"][1:], np.float32)
@@ -71,7 +74,7 @@ def exported_open_loop(backend: Any, manifest: dict, data: dict[str, np.ndarray]
     actions = data["action"][:, context:context + horizon].astype(np.float32)
     dream = backend.call("imagine_mode", {"h": h, "z": z, "actions": actions})
     hs, zs = dream["h_seq"], dream["z_seq"]
-    decoded = backend.call("decode", {"h": hs.reshape(n * horizon, -1),
+    decoded = decoder.call("decode", {"h": hs.reshape(n * horizon, -1),
                                       "z": zs.reshape(n * horizon, -1)})
     result = {k: v.reshape((n, horizon) + v.shape[1:]) for k, v in decoded.items()}
     return {**result, "reward": dream["reward"], "z": zs}
@@ -98,7 +101,8 @@ def main() -> int:
     parser.add_argument("--run", required=True,
                         help="a main-example run: RUN/model.keras and RUN/data/test")
     parser.add_argument("--export", default=None,
-                        help="an export of RUN/model.keras made with --int8, or where to "
+                        help="an export of RUN/model.keras made with --litert --int8, or "
+                             "where to "
                              "make it (default: a temporary directory)")
     parser.add_argument("--context", type=int, default=5)
     parser.add_argument("--horizon", type=int, default=15)
@@ -113,17 +117,17 @@ def main() -> int:
         parser.error(f"--run {run}: expected {run}/model.keras and {run}/data/test/")
 
     from rssm_tf_export.exporter import export_model
-    from rssm_tf_serving.backends import OnnxBackend
+    from rssm_tf_serving.backends import LiteRtBackend, OnnxBackend
 
     from rssm_tf.saving import load_world_model
 
     tmp = tempfile.TemporaryDirectory()
     export = Path(args.export) if args.export else Path(tmp.name) / "export"
     if not (export / "manifest.json").is_file():
-        export_model(run / "model.keras", export, parity=False, int8=True)
+        export_model(run / "model.keras", export, parity=False, litert=True, int8=True)
     manifest = json.loads((export / "manifest.json").read_text())
-    if not manifest.get("onnx_int8"):
-        parser.error(f"--export {export}: made without --int8 (no onnx_int8/)")
+    if not (manifest.get("onnx_int8") and manifest.get("litert_int8")):
+        parser.error(f"--export {export}: made without --litert --int8")
 
     model = load_world_model(run / "model.keras", compile=False)
     space = model.config.space
@@ -136,9 +140,12 @@ def main() -> int:
     keras_pred = model.open_loop({k: data[k] for k in keys}, data["action"], first, c, horizon)
     predictions = {"keras": {k: keras_pred[k].numpy() for k in keys + ("reward",)}}
     backends = {"onnx": OnnxBackend(export / "onnx"),
-                "onnx_int8": OnnxBackend(export / "onnx_int8")}
+                "onnx_int8": OnnxBackend(export / "onnx_int8"),
+                "litert": LiteRtBackend(export / "litert"),
+                "litert_int8": LiteRtBackend(export / "litert_int8")}
     for name, backend in backends.items():
-        predictions[name] = exported_open_loop(backend, manifest, data, c, horizon)
+        decoder = backend if name.startswith("onnx") else backends["onnx"]
+        predictions[name] = exported_open_loop(backend, decoder, manifest, data, c, horizon)
 
     truth = {k: space[k].to_unit(data[k][:, c:]) if k in space
              else data[k][:, c:].astype(np.float64) for k in keys + ("reward",)}
@@ -147,8 +154,9 @@ def main() -> int:
              for k in keys + ("reward",)}
     report: dict[str, Any] = {"run": str(run), "windows": len(data["action"]),
                               "context": c, "horizon": horizon,
-                              "quantized_products": manifest["onnx_int8"]["quantized_products"],
-                              "mse": {}, "command": "python benchmarks/int8_onnx.py "
+                              "onnx_quantized_products":
+                                  manifest["onnx_int8"]["quantized_products"],
+                              "mse": {}, "command": "python benchmarks/int8.py "
                               + " ".join(sys.argv[1:])}
     rows = []
     for key in keys + ("reward",):
@@ -159,14 +167,15 @@ def main() -> int:
             per[name] = ((pred[key] - truth[key]) ** 2).mean(axes).mean(0).tolist()
         report["mse"][key] = per
         for step in sorted({0, horizon // 3 - 1, 2 * horizon // 3 - 1, horizon - 1}):
-            rows.append([key, step + 1] + [round(per[n][step], 5) for n in
-                                           ("keras", "onnx", "onnx_int8", "mean_predictor")]
-                        + [f"{per['onnx_int8'][step] / per['onnx'][step]:.3f}"])
-    float_vs_keras = max(float(np.abs(predictions["onnx"][k] - predictions["keras"][k]).max())
-                         for k in keys + ("reward",))
-    same_z = float(np.mean(np.all(predictions["onnx"]["z"] == predictions["onnx_int8"]["z"],
-                                  axis=-1)))
-    report["float_onnx_vs_keras_max_abs"] = float_vs_keras
+            rows.append([key, step + 1] + [round(per[n][step], 5) for n in (
+                "keras", "onnx", "onnx_int8", "litert", "litert_int8", "mean_predictor")])
+    float_vs_keras = {name: max(float(np.abs(predictions[name][k] - predictions["keras"][k])
+                                      .max()) for k in keys + ("reward",))
+                      for name in ("onnx", "litert")}
+    same_z = {name: float(np.mean(np.all(predictions[name]["z"]
+                                         == predictions[f"{name}_int8"]["z"], axis=-1)))
+              for name in ("onnx", "litert")}
+    report["float32_files_vs_keras_max_abs"] = float_vs_keras
     report["imagined_z_equal_fraction"] = same_z
 
     rounds = []
@@ -174,23 +183,27 @@ def main() -> int:
         rounds.append({name: step_latency(b, manifest, args.iters)
                        for name, b in backends.items()})
     report["obs_step_b1_p50_ms"] = rounds
-    speed = float(np.median([r["onnx"] / r["onnx_int8"] for r in rounds]))
+    speed = {name: float(np.median([r[name] / r[f"{name}_int8"] for r in rounds]))
+             for name in ("onnx", "litert")}
     report["obs_step_b1_speedup"] = speed
     notes = (f"{report['windows']} held-out windows of {run} (context {c}, horizon "
              f"{horizon}); errors are mean squared over the windows at that horizon step "
-             f"(vectors raw, pixels in [0, 1]). The float32 files against Keras: largest "
-             f"difference {float_vs_keras:.2g}. Imagined z equal between int8 and float32 "
-             f"files: {100 * same_z:.1f}% of (window, step). obs_step_mode at batch 1, "
-             f"ONNX Runtime p50 (3 alternating rounds): float32 "
-             + ", ".join(f"{r['onnx']:.3f}" for r in rounds) + " ms, int8 "
-             + ", ".join(f"{r['onnx_int8']:.3f}" for r in rounds)
-             + f" ms: {speed:.2f}x.")
+             f"(vectors raw, pixels in [0, 1]); LiteRT's imagined states decoded by the "
+             f"float32 ONNX file. The float32 files against Keras: largest difference "
+             f"{float_vs_keras['onnx']:.2g} (ONNX), {float_vs_keras['litert']:.2g} (LiteRT). "
+             f"Imagined z equal between the int8 and float32 files: "
+             f"{100 * same_z['onnx']:.1f}% (ONNX), {100 * same_z['litert']:.1f}% (LiteRT) "
+             f"of (window, step). obs_step_mode at batch 1, p50 ms (3 alternating rounds): "
+             + "; ".join(f"{name} " + ", ".join(f"{r[name]:.3f}" for r in rounds)
+                         for name in backends)
+             + f": int8 {speed['onnx']:.2f}x (ONNX Runtime), {speed['litert']:.2f}x "
+               f"(LiteRT).")
     print(notes)
     table = markdown_table(["key", "horizon step", "Keras", "ONNX float32", "ONNX int8",
-                            "mean predictor", "int8 / float32"], rows)
+                            "LiteRT float32", "LiteRT int8", "mean predictor"], rows)
     print(table)
-    write_results("int8_onnx", "8-bit-weight ONNX files: open-loop error on held-out "
-                  "episodes", report, table, notes, json_path=args.json)
+    write_results("int8", "8-bit-weight files: open-loop error on held-out episodes",
+                  report, table, notes, json_path=args.json)
     return 0
 
 

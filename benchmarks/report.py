@@ -18,7 +18,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- results: begin (benchmarks/report.py) -->", "<!-- results: end -->"
 ORDER = ("train_speed", "profile_update", "serving_latency", "serving_latency_imagine",
-         "serving_latency_plan", "int8_onnx", "serving_load", "data_pipeline",
+         "serving_latency_plan", "int8", "serving_load", "data_pipeline",
          "data_pipeline_compressed", "end_to_end", "behavior_update", "agent", "pendulum_optimum")
 
 

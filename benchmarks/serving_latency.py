@@ -3,11 +3,11 @@
 candidates, horizon 12, 4 iterations, top 50, continuous actions; and the Keras
 ``Planner`` under XLA on the same configuration), through ``WorldModelClient``.
 
-Backends: ONNX Runtime, its 8-bit-weight files (``onnx_int8``, when the export has
-them), OpenVINO (CPU plugin, the same ONNX files), LiteRT, the SavedModel in-process,
-and TF Serving's REST and gRPC protocols against the stand-in server
-(``serving/standin.py``; point ``--rest-url`` / ``--grpc-target`` at a real
-``tensorflow_model_server`` to measure that instead).
+Backends: ONNX Runtime, OpenVINO (CPU plugin, the same ONNX files), LiteRT, the
+SavedModel in-process, the 8-bit-weight ONNX and LiteRT files (``onnx_int8``,
+``litert_int8``, when the export has them), and TF Serving's REST and gRPC protocols
+against the stand-in server (``serving/standin.py``; point ``--rest-url`` /
+``--grpc-target`` at a real ``tensorflow_model_server`` to measure that instead).
 
     python benchmarks/serving_latency.py [--export DIR] [--iters 200] [--json PATH]
     python benchmarks/serving_latency.py --plan-only --export out/plan/Pendulum-v1/export
@@ -206,8 +206,8 @@ def main() -> int:
     rest_url = args.rest_url or server.rest_url
     grpc_target = args.grpc_target or server.grpc_target
     clients = {"onnx": WorldModelClient.from_export(export_dir, "onnx"),
-               **({"onnx_int8": WorldModelClient.from_export(export_dir, "onnx_int8")}
-                  if manifest.get("onnx_int8") else {}),
+               **{name: WorldModelClient.from_export(export_dir, name)
+                  for name in ("onnx_int8", "litert_int8") if manifest.get(name)},
                "openvino": WorldModelClient.from_export(export_dir, "openvino"),
                "litert": WorldModelClient.from_export(export_dir, "litert"),
                "savedmodel": WorldModelClient.from_export(export_dir, "savedmodel"),
@@ -215,7 +215,7 @@ def main() -> int:
                "grpc": WorldModelClient.from_export(export_dir, "grpc", target=grpc_target)}
     results = {name: measure(client, args.iters, args.warmup) for name, client in clients.items()}
     for name, client in clients.items():  # LiteRT has no planner
-        if name != "litert":
+        if not name.startswith("litert"):
             results[name]["plan_b1"] = measure_plan(client, plan_iters, plan_warmup)
     results["keras_xla"] = {"plan_b1": measure_keras_plan(manifest["config"], plan_iters,
                                                           plan_warmup)}
@@ -239,15 +239,17 @@ def main() -> int:
     print(f"ONNX Runtime observe b1 is {ratio:.1f}x faster than the local SavedModel")
     notes = (f"ONNX Runtime's observe at batch 1 is {ratio:.1f}x faster than the "
              "SavedModel in-process.")
-    if "onnx_int8" in results:
-        int8 = {k: results["onnx"][k]["p50_ms"] / results["onnx_int8"][k]["p50_ms"]
-                for k in ("observe_b1", "observe_b64", "imagine15_b1")}
-        report["onnx_over_onnx_int8_p50"] = int8
-        notes += (" The 8-bit-weight files against the float ones (p50): observe b1 "
-                  f"{int8['observe_b1']:.2f}x, b64 {int8['observe_b64']:.2f}x, imagine 15 "
-                  f"{int8['imagine15_b1']:.2f}x faster; their accuracy cost: "
-                  "benchmarks/int8_onnx.py.")
-        print(notes)
+    for name in ("onnx", "litert"):
+        if f"{name}_int8" in results:
+            fast = {k: results[name][k]["p50_ms"] / results[f"{name}_int8"][k]["p50_ms"]
+                    for k in ("observe_b1", "observe_b64", "imagine15_b1")}
+            report[f"{name}_over_{name}_int8_p50"] = fast
+            notes += (f" {name}_int8 against {name} (p50): observe b1 "
+                      f"{fast['observe_b1']:.2f}x, b64 {fast['observe_b64']:.2f}x, imagine 15 "
+                      f"{fast['imagine15_b1']:.2f}x faster.")
+    if "onnx_int8" in results or "litert_int8" in results:
+        notes += " The 8-bit-weight files' accuracy cost: benchmarks/int8.py."
+    print(notes)
     report["command"] = command
     table = markdown_table(
         ["backend", "observe b1 p50 / p99 ms", "observe b64", "imagine 15", "plan N500 H12 I4"],
