@@ -230,9 +230,8 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
     ``OUT/onnx_int8/<signature>.onnx`` (:mod:`rssm_tf_export.int8`) and with ``litert``
     ``OUT/litert_int8/<signature>.tflite`` (:func:`convert_litert`), files with 8-bit
     weights that are not in the parity report, whose 1e-5 they do not meet by design.
-    Raises
-    :class:`ExportError` or ``rssm_tf.saving.ModelFileError`` with a message naming
-    the problem."""
+    Raises :class:`ExportError` or ``rssm_tf.saving.ModelFileError`` with a message
+    naming the problem."""
     out = Path(out)
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ExportError(f"--name must be letters, digits, '-' or '_', got {name!r}")

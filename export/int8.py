@@ -28,6 +28,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import onnx
+from rssm_tf_export.onnx_graph import subgraphs
 
 from rssm_tf.atomic import atomic_path
 
@@ -36,14 +37,8 @@ def quantized_products(path: Path) -> int:
     """How many ``MatMulInteger`` nodes the ONNX file at ``path`` has, in loop bodies
     too."""
     def count(graph: onnx.GraphProto) -> int:
-        total = 0
-        for node in graph.node:
-            total += node.op_type == "MatMulInteger"
-            for attribute in node.attribute:
-                total += sum(count(g) for g in
-                             ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH
-                              else []) + list(attribute.graphs))
-        return total
+        return sum((node.op_type == "MatMulInteger") + sum(map(count, subgraphs(node)))
+                   for node in graph.node)
     return count(onnx.load(str(path)).graph)
 
 

@@ -26,7 +26,9 @@ import onnx
 _CONTROL_INPUTS = 2
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs ``node`` holds in its attributes (a ``Loop``'s or ``Scan``'s body, an
+    ``If``'s branches)."""
     out = []
     for attribute in node.attribute:
         if attribute.type == onnx.AttributeProto.GRAPH:
@@ -41,7 +43,7 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
         for i, name in enumerate(node.input):
             if name == old:
                 node.input[i] = new
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             _rename_uses(sub, old, new)
 
 
@@ -53,7 +55,7 @@ def hoist_loop_invariants(graph: onnx.GraphProto) -> int:
     removed = 0
     graph_outputs = {o.name for o in graph.output}
     for node in graph.node:
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             removed += hoist_loop_invariants(sub)
         if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
             continue
