@@ -150,30 +150,30 @@ def convert_onnx(saved_model: Path, onnx_dir: Path, signatures: tuple[str, ...] 
 
 def convert_litert(saved_model: Path, litert_dir: Path,
                    signatures: tuple[str, ...] = LITERT_SIGNATURES,
-                   int8: bool = False) -> list[Path]:
+                   int8_dir: Path | None = None) -> list[Path]:
     """Converts each signature with ``tf.lite.TFLiteConverter.from_saved_model`` (builtin
-    ops only, float32) into ``litert_dir/NAME.tflite`` (atomically). ``int8``: the
-    converter's dynamic-range quantization (``tf.lite.Optimize.DEFAULT``: the weights
-    of the products stored as int8, per output channel, the activations quantized at
-    run time; the rest stays float32). The converter restores the variables the way TF
-    Serving does, so an export whose weights are not tracked would give a weightless
-    model here."""
-    litert_dir.mkdir(parents=True, exist_ok=True)
+    ops only, float32) into ``litert_dir/NAME.tflite`` (atomically). With ``int8_dir``
+    the same converter converts it again with its dynamic-range quantization
+    (``tf.lite.Optimize.DEFAULT``: the weights of the products stored as int8, per output
+    channel, the activations quantized at run time; the rest stays float32) into
+    ``int8_dir/NAME.tflite``: the same bytes as a fresh converter's, without loading the
+    SavedModel twice. The converter restores the variables the way TF Serving does, so
+    an export whose weights are not tracked would give a weightless model here."""
     written = []
     for name in signatures:
         try:
             with expected_load_notes_dropped():  # the converter loads the SavedModel
                 converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
                                                                      signature_keys=[name])
-                if int8:
+                files = [(litert_dir, converter.convert())]
+                if int8_dir is not None:
                     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                data = converter.convert()
+                    files.append((int8_dir, converter.convert()))
         except Exception as error:  # the converter raises ConverterError and others
             raise ExportError(f"LiteRT conversion failed on signature {name}: "
                               f"{str(error)[-3000:]}") from None
-        target = litert_dir / f"{name}.tflite"
-        write_atomic(target, data)
-        written.append(target)
+        for directory, data in files:
+            written.append(write_atomic(directory / f"{name}.tflite", data))
     return written
 
 
@@ -228,7 +228,7 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
     result under ``parity`` when computed). ``litert`` also writes
     ``OUT/litert/<signature>.tflite`` (:data:`LITERT_SIGNATURES`), ``int8``
     ``OUT/onnx_int8/<signature>.onnx`` (:mod:`rssm_tf_export.int8`) and with ``litert``
-    ``OUT/litert_int8/<signature>.tflite`` (:func:`convert_litert`), files with 8-bit
+    ``OUT/litert_int8/<signature>.tflite`` (:func:`convert_litert`): files with 8-bit
     weights that are not in the parity report, whose 1e-5 they do not meet by design.
     Raises :class:`ExportError` or ``rssm_tf.saving.ModelFileError`` with a message
     naming the problem."""
@@ -266,12 +266,10 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, name: st
     # at once: tf2onnx runs in worker processes, the LiteRT converter in this one
     litert_int8_dir = out / "litert_int8" if litert and int8 else None
     with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(convert, saved, where, names) for convert, where, names in
-                ((convert_onnx, onnx_dir, onnx_signatures),
-                 (convert_litert, litert_dir, litert_signatures)) if where]
-        if litert_int8_dir:
-            jobs.append(pool.submit(convert_litert, saved, litert_int8_dir,
-                                    litert_signatures, int8=True))
+        jobs = [pool.submit(convert_onnx, saved, onnx_dir, onnx_signatures)] if onnx else []
+        if litert:
+            jobs.append(pool.submit(convert_litert, saved, litert_dir, litert_signatures,
+                                    litert_int8_dir))
         for job in jobs:
             record(job.result())
     int8_dir = out / "onnx_int8" if int8 else None
