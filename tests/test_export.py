@@ -269,7 +269,7 @@ def test_export_exits_1_when_parity_fails(model_path, tmp_path, monkeypatch, cap
                                             for k, v in o.items()} for c, o in other.items()})
 
     def in_process_only(module, saved, onnx_dir, **kwargs):  # skip the fresh processes
-        return real_report(module, None, onnx_dir, **kwargs)
+        return real_report(module, None, onnx_dir, **{**kwargs, "rollout": 2, "horizon": 2})
 
     monkeypatch.setattr(rssm_tf_export.parity, "compare", off_by_a_little)
     monkeypatch.setattr(rssm_tf_export.exporter, "parity_report", in_process_only)
