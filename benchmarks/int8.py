@@ -147,11 +147,11 @@ def main() -> int:
         decoder = backend if name.startswith("onnx") else backends["onnx"]
         predictions[name] = exported_open_loop(backend, decoder, manifest, data, c, horizon)
 
-    truth = {k: space[k].to_unit(data[k][:, c:]) if k in space
-             else data[k][:, c:].astype(np.float64) for k in keys + ("reward",)}
-    steps = {k: (space[k].to_unit(np.concatenate(list(data[k]))) if k in space
-                 else np.concatenate(list(data[k])).astype(np.float64))
-             for k in keys + ("reward",)}
+    def unit(key: str, raw: np.ndarray) -> np.ndarray:  # as evaluate_open_loop measures
+        return space[key].to_unit(raw) if key in space else raw.astype(np.float64)
+
+    truth = {k: unit(k, data[k][:, c:]) for k in keys + ("reward",)}
+    steps = {k: unit(k, np.concatenate(list(data[k]))) for k in keys + ("reward",)}
     report: dict[str, Any] = {"run": str(run), "windows": len(data["action"]),
                               "context": c, "horizon": horizon,
                               "onnx_quantized_products":
